@@ -1,0 +1,159 @@
+"""Character classification with onnxruntime.
+
+A model is an ONNX file whose graph takes float32 (N, 1, 28, 28) in [0, 1], white ink on black
+(the output of :func:`hwr_batch.normalize`), and returns class probabilities (N, C). Everything
+else the reader needs travels in the file's metadata properties (see ``training/export.py``):
+
+- ``labels``: the class labels in output order, as one string ("0123456789");
+- ``input_convention``: a human-readable statement of the input;
+- provenance: ``datasets``, ``metrics``, ``command``, ``seed``, ``created``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hwr_batch import defaults
+from hwr_batch.errors import ModelError
+
+
+def _session_options(threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    n = threads if threads is not None else int(os.environ.get("HWR_THREADS", "0") or 0)
+    # 0 lets onnxruntime use every core; batch workers pass 1 so processes don't fight.
+    opts.intra_op_num_threads = n
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+@dataclass
+class Classifier:
+    """A loaded character model.
+
+    ``predict(crops)`` takes (N, 28, 28) white ink on black, uint8 0-255 or float32 0-1.
+    """
+
+    path: str
+    labels: str
+    metadata: dict[str, str]
+    _session: Any
+    _input_name: str
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", Path(self.path).stem)
+
+    def _as_input(self, crops: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        x = np.asarray(crops)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[1:] != (defaults.MODEL_SIZE, defaults.MODEL_SIZE):
+            raise ValueError(f"crops must be (N, 28, 28), got {x.shape}")
+        if x.dtype == np.uint8:
+            xf = x.astype(np.float32) / 255.0
+        else:
+            xf = np.clip(x.astype(np.float32), 0.0, 1.0)
+        return xf[:, None, :, :]
+
+    def predict_proba(
+        self, crops: npt.ArrayLike, batch_size: int = defaults.BATCH_SIZE
+    ) -> npt.NDArray[np.float32]:
+        """Class probabilities, float32 (N, len(labels))."""
+        x = self._as_input(crops)
+        if len(x) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        parts = [
+            self._session.run(None, {self._input_name: x[i : i + batch_size]})[0]
+            for i in range(0, len(x), batch_size)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+    def predict(
+        self, crops: npt.ArrayLike, batch_size: int = defaults.BATCH_SIZE
+    ) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """Best label and its probability per crop: (labels list[str], confidences (N,))."""
+        p = self.predict_proba(crops, batch_size)
+        idx = p.argmax(axis=1)
+        return [self.labels[i] for i in idx], p[np.arange(len(p)), idx]
+
+    def topk(
+        self, proba: npt.NDArray[np.float32], k: int = defaults.TOP_K
+    ) -> list[tuple[tuple[str, float], ...]]:
+        """Top-k (label, probability) pairs per row of ``proba``, best first."""
+        order = np.argsort(-proba, axis=1)[:, :k]
+        return [
+            tuple((self.labels[j], float(row[j])) for j in idx)
+            for row, idx in zip(proba, order, strict=True)
+        ]
+
+
+def model_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """Resolve "digits"/"letters"/"alnum" to the bundled file, or check a given path."""
+    s = str(name_or_path)
+    if s in defaults.CHARSETS:
+        p = Path(str(resources.files("hwr_batch") / "models" / f"{s}.onnx"))
+    else:
+        p = Path(s)
+    if not p.is_file():
+        raise ModelError(f"{p}: model file not found")
+    return p
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, threads: int | None) -> Classifier:
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(
+            path, sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelError(f"{path}: not a loadable ONNX model ({exc})") from exc
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    labels = meta.get("labels")
+    if not labels:
+        raise ModelError(f"{path}: model has no 'labels' metadata; export it with hwr-train")
+    out_dim = sess.get_outputs()[0].shape[-1]
+    if isinstance(out_dim, int) and out_dim != len(labels):
+        raise ModelError(f"{path}: {out_dim} outputs but {len(labels)} labels in metadata")
+    return Classifier(
+        path=path,
+        labels=labels,
+        metadata=meta,
+        _session=sess,
+        _input_name=sess.get_inputs()[0].name,
+    )
+
+
+def load_classifier(
+    name_or_path: str | os.PathLike[str] = "digits", threads: int | None = None
+) -> Classifier:
+    """Load a bundled model by name ("digits", "letters", "alnum") or an .onnx file by path.
+
+    Loaded models are cached per process, so a worker loads each model once.
+    """
+    return _load(str(model_path(name_or_path)), threads)
+
+
+def model_card(clf: Classifier) -> dict[str, Any]:
+    """The model's metadata with JSON-valued entries decoded."""
+    card: dict[str, Any] = {}
+    for k, v in clf.metadata.items():
+        try:
+            card[k] = json.loads(v)
+        except (json.JSONDecodeError, TypeError):
+            card[k] = v
+    return card

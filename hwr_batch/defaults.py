@@ -1,0 +1,31 @@
+"""Constants with a reason, in one place."""
+
+from __future__ import annotations
+
+#: Side of the model input; MNIST's convention.
+MODEL_SIZE = 28
+#: The glyph is fitted into a square of this side inside MODEL_SIZE, keeping its aspect ratio
+#: (MNIST: "size normalized to fit in a 20x20 pixel box").
+GLYPH_BOX = 20
+#: Thinnest stroke, in model pixels, that the normaliser lets through. MNIST strokes are 2-3 px
+#: wide at 28x28; tablet drawings (Chars74K) and fine pens scanned at 300 dpi shrink to well under
+#: 1 px, which the CNN has never seen. Thinner strokes are dilated before resizing.
+MIN_STROKE_PX = 1.8
+#: Crops whose ink is fainter than this (0..1, after contrast stretch) count as empty.
+INK_THRESHOLD = 0.2
+
+#: Default rendering resolution for PDF pages.
+PDF_DPI = 300
+#: Decompression-bomb guard: a page over this many pixels is refused. An A3 page at 600 dpi is
+#: about 70 Mpx; 120 Mpx leaves room for large formats without letting a 1 Gpx bomb through.
+MAX_PIXELS = 120_000_000
+
+#: Characters under this confidence go to review.csv.
+MIN_CONFIDENCE = 0.80
+#: Alternatives kept per character.
+TOP_K = 3
+#: Classification batch size: onnxruntime throughput is flat above ~256 for these small CNNs.
+BATCH_SIZE = 256
+
+#: Names of the models shipped in hwr_batch/models/.
+CHARSETS = ("digits", "letters", "alnum")
