@@ -29,3 +29,13 @@ BATCH_SIZE = 256
 
 #: Names of the models shipped in hwr_batch/models/.
 CHARSETS = ("digits", "letters", "alnum")
+
+#: Web app (``hwr-batch serve``): largest upload accepted. A 300 dpi A4 scan is 1-3 MB as PNG
+#: and a 20-page PDF of scans well under 20 MB; larger is refused before it is read whole.
+WEB_MAX_UPLOAD_MB = 20
+#: Web app: largest page in pixels. An A4 page at 600 dpi is 35 Mpx; the web app reads one page
+#: per request in the server's memory, so it stays well below the batch's MAX_PIXELS.
+WEB_MAX_PIXELS = 40_000_000
+#: Web app: pages read at once. Reading is CPU-bound; more requests than this queue up rather
+#: than oversubscribe the cores.
+WEB_MAX_CONCURRENT = 2
