@@ -38,12 +38,11 @@ from typing import Any
 from hwr_batch import defaults, export, storage
 from hwr_batch.errors import BadArguments, HwrError, UnreadableInput, UnsupportedInput
 from hwr_batch.executors import Executor, WorkerCrashed, create_executor
+from hwr_batch.load import SUFFIXES
 from hwr_batch.progress import NullProgress, Progress
 
 #: Input suffixes the loader reads (lower case).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-PDF_SUFFIXES = (".pdf",)
-SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + PDF_SUFFIXES
+SUPPORTED_SUFFIXES = SUFFIXES
 #: Files that may hold several pages; their pages are counted by a worker and read as separate
 #: tasks, so one 500-page PDF spreads over every worker.
 MULTIPAGE_SUFFIXES = (".tif", ".tiff", ".pdf")

@@ -49,11 +49,15 @@ exit codes:
 """
 
 
+class UsageError(BadArguments):
+    """A command line argparse rejects; its traceback would say nothing, even with -v."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports through the CLI's single error boundary (one line, exit 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise BadArguments(message)
+        raise UsageError(message)
 
 
 def _positive_int(text: str) -> int:
@@ -158,7 +162,8 @@ def run_batch_command(argv: Sequence[str]) -> int:
 
     def on_failure(f: TaskFailed) -> None:
         where = f.source if f.page is None else f"{f.source} (page {f.page})"
-        log.warning("%s: %s", where, f.reason)
+        # Shown even with -q: each is also a row in errors.csv, and the run goes on.
+        log.error("error: %s: %s", where, f.reason)
         if args.verbose and f.detail:
             log.debug("%s", f.detail.rstrip())
 
@@ -217,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(_resolve(args[0])(args[1:]))
         return run_batch_command(args)
     except HwrError as exc:
-        if verbose:
+        if verbose and not isinstance(exc, UsageError):
             traceback.print_exc(file=sys.stderr)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
