@@ -1,0 +1,504 @@
+"""Training loop: data in, best checkpoint and an exported ONNX model out.
+
+Sources (``--source``/positional): a model recipe name ("digits", "letters", "alnum", whose
+train/test splits ``training.sources`` defines), a ``name:split`` pair for ``load_split``, an
+``.npz`` written by ``export_npz`` (arrays ``images`` uint8 (N, 28, 28), ``labels`` str (N,),
+``groups`` str (N,)), or any dataset path that ``training.datasets`` reads.
+
+The loop: AdamW + OneCycle, cross-entropy with label smoothing, on-device batch augmentation
+(``training.augment``), an exponential moving average of the weights (what gets validated and
+exported), early stopping on a validation split carved from the training data, a checkpoint
+(plain ``state_dict``s, loadable with ``weights_only=True``) after every epoch, and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from hwr_batch.errors import BadArguments, DataError
+from training.augment import NO_AUGMENT, AugmentConfig, augment_batch, make_generator
+from training.data import LABEL_SETS, LabeledImages
+from training.export import build_metadata, export_onnx
+from training.model import DEFAULT_WIDTHS, CharCNN, count_parameters
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _source_of(group: str) -> str:
+    """'chars74k/w017' -> 'chars74k': the data set part of a group name."""
+    return group.split("/", 1)[0]
+
+
+def load_npz(path: Path) -> LabeledImages:
+    """Read an .npz of ``images``, ``labels`` and (optionally) ``groups``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images = z["images"]
+            labels = z["labels"].astype(str)
+            groups = z["groups"].astype(str) if "groups" in z.files else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a readable .npz of images/labels ({exc})") from exc
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.dtype != np.uint8:
+        if images.size and float(images.max()) <= 1.0:
+            images = np.round(images.astype(np.float32) * 255)
+        images = np.clip(images, 0, 255).astype(np.uint8)
+    if groups is None:
+        groups = np.full(len(labels), path.stem)
+    try:
+        return LabeledImages(images, labels, groups)
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from exc
+
+
+def load_source(spec: str, split: str = "train") -> LabeledImages:
+    """Resolve a source spec (see module docstring) to labelled images.
+
+    ``split`` applies to recipe names only ("train" or "test"); ``name:split`` overrides it.
+    """
+    path = Path(spec)
+    if spec in LABEL_SETS or (":" in spec and not path.exists()):
+        name, _, sp = spec.partition(":")
+        try:
+            from training import sources
+        except ImportError as exc:
+            raise BadArguments(
+                f"{spec}: training.sources is not available ({exc}); pass an .npz instead"
+            ) from exc
+        try:
+            return sources.load_split(name, sp or split)
+        except (KeyError, ValueError) as exc:
+            raise BadArguments(f"{spec}: unknown source or split ({exc})") from exc
+    if not path.exists():
+        raise BadArguments(f"{spec}: no such file, folder or recipe")
+    if path.suffix.lower() == ".npz":
+        return load_npz(path)
+    try:
+        from training import datasets
+    except ImportError as exc:
+        raise BadArguments(f"{spec}: dataset readers are not available ({exc})") from exc
+    return datasets.read_dataset(path)  # type: ignore[no-any-return]
+
+
+def encode_labels(
+    data: LabeledImages, labels: str
+) -> tuple[LabeledImages, npt.NDArray[np.int64], int]:
+    """Keep the rows whose label is in ``labels``; return (kept data, class indices, dropped).
+
+    When the label set has no small letters (letters, alnum), small letters map to capitals:
+    a written 'a' is an 'A' to these models.
+    """
+    raw = data.labels.astype(str)
+    if not any(c.islower() for c in labels):
+        raw = np.char.upper(raw)
+    lookup = {c: i for i, c in enumerate(labels)}
+    idx = np.array([lookup.get(s, -1) for s in raw], np.int64)
+    keep = idx >= 0
+    kept = LabeledImages(data.images[keep], raw[keep], data.groups[keep])
+    return kept, idx[keep], int((~keep).sum())
+
+
+def split_validation(
+    n_or_y: npt.NDArray[np.int64], fraction: float, seed: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Stratified random split of row indices into (train, validation)."""
+    rng = np.random.default_rng(seed)
+    y = n_or_y
+    train_idx: list[npt.NDArray[np.intp]] = []
+    val_idx: list[npt.NDArray[np.intp]] = []
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        rng.shuffle(rows)
+        k = int(round(len(rows) * fraction)) if len(rows) > 1 else 0
+        val_idx.append(rows[:k])
+        train_idx.append(rows[k:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class FitConfig:
+    """Everything a training run depends on; stored in the checkpoint and the model file."""
+
+    source: str
+    labels: str
+    name: str
+    out_dir: str
+    output: str | None = None
+    test: list[str] = field(default_factory=list)
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    val_fraction: float = 0.05
+    patience: int = 8
+    ema_decay: float = 0.999
+    widths: tuple[int, int, int] = DEFAULT_WIDTHS
+    dropout: float = 0.3
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    dry_run: bool = False
+    resume: str | None = None
+    command: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+@dataclass
+class FitResult:
+    onnx_path: Path
+    checkpoint: Path
+    metrics: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadArguments("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise BadArguments(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A rich progress bar on a terminal; one plain line per epoch otherwise (stderr)."""
+
+    def __init__(self, total_steps: int, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not quiet
+        self._bar: Any = None
+        self._task: Any = None
+        self.total = total_steps
+
+    @contextmanager
+    def running(self) -> Iterator[Progress]:
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            with self._bar:
+                self._task = self._bar.add_task("training", total=self.total, status="")
+                yield self
+        else:
+            yield self
+
+    def advance(self, status: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, status=status)
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _batches(n: int, batch_size: int, g: torch.Generator | None) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=g) if g is not None else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """images: uint8 (N, 1, 28, 28) on the model's device -> float32 logits (N, C) on CPU."""
+    model.eval()
+    out = [
+        model(images[i : i + batch_size].float().div_(255.0)).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def per_source_accuracy(
+    pred: npt.NDArray[np.int64], y: npt.NDArray[np.int64], groups: npt.NDArray[np.str_]
+) -> dict[str, dict[str, float | int]]:
+    """{'mnist': {'accuracy': .., 'n': ..}, ...} by the data-set part of the group names."""
+    sources = np.array([_source_of(g) for g in groups])
+    out: dict[str, dict[str, float | int]] = {}
+    for s in sorted(set(sources.tolist())):
+        m = sources == s
+        out[s] = {"accuracy": float((pred[m] == y[m]).mean()), "n": int(m.sum())}
+    return out
+
+
+def _to_device_images(images: npt.NDArray[np.uint8], device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
+
+
+def fit(cfg: FitConfig, log: Callable[[str], None] | None = None, quiet: bool = False) -> FitResult:
+    """Train, early-stop, evaluate on the test sources and export. See module docstring."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = Path(cfg.output) if cfg.output else out_dir / f"{cfg.name}.onnx"
+    ckpt_path = out_dir / CHECKPOINT_NAME
+
+    raw = load_source(cfg.source, "train")
+    if not cfg.labels:
+        found = sorted(set(raw.labels.astype(str).tolist()))
+        if any(len(s) != 1 for s in found):
+            raise DataError(f"{cfg.source}: labels must be single characters")
+        cfg.labels = "".join(found)
+    data, y_all, dropped = encode_labels(raw, cfg.labels)
+    if len(data) == 0:
+        raise DataError(f"{cfg.source}: no image has a label in {cfg.labels!r}")
+    train_rows, val_rows = split_validation(y_all, cfg.val_fraction, cfg.seed)
+    if cfg.dry_run:
+        train_rows = train_rows[: cfg.batch_size]
+        val_rows = val_rows[: cfg.batch_size] if len(val_rows) else train_rows[:8]
+    if len(val_rows) == 0:
+        val_rows = train_rows[: max(1, len(train_rows) // 20)]
+
+    train_x = _to_device_images(data.images[train_rows], device)
+    train_y = torch.from_numpy(y_all[train_rows]).to(device)
+    val_x = _to_device_images(data.images[val_rows], device)
+    val_y = y_all[val_rows]
+
+    # Standardisation constants from the training images themselves; they live in the model.
+    sample = data.images[train_rows[:: max(1, len(train_rows) // 20000)]].astype(np.float32) / 255
+    mean, std = float(sample.mean()), float(sample.std() + 1e-6)
+
+    model = CharCNN(len(cfg.labels), cfg.widths, mean=mean, std=std, dropout=cfg.dropout)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    epochs = 1 if cfg.dry_run else cfg.epochs
+    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
+    aug_cfg = AugmentConfig() if cfg.augment else NO_AUGMENT
+    aug_gen = make_generator(cfg.seed, device)
+    order_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    start_epoch, best_acc, best_state, stale = 0, -1.0, None, 0
+    history: list[dict[str, float]] = []
+    if cfg.resume:
+        state = load_checkpoint(Path(cfg.resume), map_location=device)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        aug_gen.set_state(state["aug_rng"].cpu())
+        order_gen.set_state(state["order_rng"].cpu())
+        start_epoch = int(state["epoch"]) + 1
+        best_acc = float(state["best_val_accuracy"])
+        best_state = state["best_ema"]
+        stale = int(state["stale"])
+        history = list(state.get("history", []))
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    progress = Progress((epochs - start_epoch) * steps_per_epoch, quiet=quiet)
+    say = log or progress.line
+    say(
+        f"{cfg.name}: {len(train_rows)} train / {len(val_rows)} validation images, "
+        f"{len(cfg.labels)} classes, {count_parameters(model)} parameters, device {device}"
+        + (f", {dropped} images with labels outside the set skipped" if dropped else "")
+    )
+    t_start = time.perf_counter()
+    with progress.running():
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            batches = _batches(len(train_rows), cfg.batch_size, order_gen)
+            for step, idx in enumerate(batches):
+                idx = idx.to(device)
+                xb = train_x[idx].float().div_(255.0)
+                xb = augment_batch(xb, aug_cfg, aug_gen).contiguous(
+                    memory_format=torch.channels_last
+                )
+                with autocast:
+                    logits = model(xb)
+                loss = F.cross_entropy(
+                    logits.float(), train_y[idx], label_smoothing=cfg.label_smoothing
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                ema.update_parameters(model)
+                loss_sum += loss.detach()
+                if step % 20 == 0 or step == len(batches) - 1:
+                    progress.advance(f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
+                else:
+                    progress.advance(f"epoch {epoch + 1}/{epochs}")
+            val_pred = predict_logits(ema.module, val_x).argmax(1).numpy()
+            val_acc = float((val_pred == val_y).mean())
+            train_loss = float(loss_sum.item() / max(1, len(batches)))
+            history.append({"epoch": epoch + 1, "loss": train_loss, "val_accuracy": val_acc})
+            improved = val_acc > best_acc
+            if improved:
+                best_acc, stale = val_acc, 0
+                best_state = {k: v.detach().clone() for k, v in ema.module.state_dict().items()}
+            else:
+                stale += 1
+            say(
+                f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  val {val_acc:.4%}"
+                f"{'  *' if improved else ''}  {time.perf_counter() - t0:.1f}s"
+            )
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "aug_rng": aug_gen.get_state(),
+                    "order_rng": order_gen.get_state(),
+                    "epoch": epoch,
+                    "best_val_accuracy": best_acc,
+                    "best_ema": best_state,
+                    "stale": stale,
+                    "history": history,
+                    "config": json.dumps(cfg.to_json()),
+                },
+            )
+            if stale >= cfg.patience:
+                say(f"early stop: no validation gain for {cfg.patience} epochs")
+                break
+
+    final = CharCNN(len(cfg.labels), cfg.widths, mean=mean, std=std, dropout=cfg.dropout)
+    assert best_state is not None
+    final.load_state_dict(best_state)
+    final.eval()
+    metrics: dict[str, Any] = {
+        "validation_accuracy": best_acc,
+        "epochs_run": len(history),
+        "train_images": int(len(train_rows)),
+        "train_seconds": round(time.perf_counter() - t_start, 1),
+        "parameters": count_parameters(final),
+    }
+    datasets = sorted({_source_of(g) for g in data.groups[train_rows]})
+    tests = cfg.test or ([f"{cfg.source}:test"] if cfg.source in LABEL_SETS else [])
+    if tests:
+        final_dev = final.to(device)
+        for spec in tests:
+            t_data, t_y, t_dropped = encode_labels(load_source(spec, "test"), cfg.labels)
+            if cfg.dry_run:
+                t_data, t_y = t_data.subset(np.arange(min(len(t_data), 64))), t_y[:64]
+            pred = predict_logits(final_dev, _to_device_images(t_data.images, device))
+            p = pred.argmax(1).numpy() if len(pred) else np.zeros(0, np.int64)
+            metrics.setdefault("test", {})[spec] = {
+                "accuracy": float((p == t_y).mean()) if len(t_y) else float("nan"),
+                "n": int(len(t_y)),
+                "skipped_labels": t_dropped,
+                "per_source": per_source_accuracy(p, t_y, t_data.groups),
+            }
+            say(f"test {spec}: {metrics['test'][spec]['accuracy']:.4%} on {len(t_y)} images")
+        final = final.cpu()
+    meta = build_metadata(
+        labels=cfg.labels,
+        name=cfg.name,
+        datasets=datasets,
+        metrics=metrics,
+        command=cfg.command or "hwr-train fit",
+        seed=cfg.seed,
+        extra={"train_config": cfg.to_json(), "architecture": f"CharCNN{list(cfg.widths)}"},
+    )
+    verify = torch.from_numpy(val_x[:256].float().div(255.0).cpu().numpy())
+    diff = export_onnx(final, onnx_path, meta, verify_batch=verify)
+    metrics["export_max_abs_diff"] = diff
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    say(f"wrote {onnx_path} (onnxruntime vs torch max diff {diff:.1e})")
+    return FitResult(onnx_path=onnx_path, checkpoint=ckpt_path, metrics=metrics)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save of plain state dicts and numbers, written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no pickle of arbitrary objects)."""
+    if not path.is_file():
+        raise BadArguments(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a bad file
+        raise BadArguments(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or "best_ema" not in state:
+        raise BadArguments(f"{path}: not an hwr-train checkpoint")
+    return state
+
+
+def model_from_checkpoint(path: Path) -> tuple[CharCNN, dict[str, Any]]:
+    """The best (EMA) model of a checkpoint and its training config."""
+    state = load_checkpoint(path)
+    cfg = json.loads(state["config"])
+    best = state["best_ema"]
+    model = CharCNN(
+        len(cfg["labels"]),
+        tuple(cfg["widths"]),
+        mean=float(best["mean"]),
+        std=float(best["std"]),
+        dropout=cfg["dropout"],
+    )
+    model.load_state_dict(best)
+    return model.eval(), cfg
+
+
+def command_line(argv: list[str]) -> str:
+    return "hwr-train " + shlex.join(argv)
