@@ -198,8 +198,17 @@ def run_batch_command(argv: Sequence[str]) -> int:
 log = logging.getLogger(PROG)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """Writes to whatever sys.stderr is at the time, so lines logged while the rich progress
+    display redirects stderr appear above the bar instead of tearing it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     log.handlers[:] = [handler]
     log.propagate = False
