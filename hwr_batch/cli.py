@@ -28,7 +28,9 @@ PROG = "hwr-batch"
 
 #: Sub-command name -> "module:function"; the function takes argv (list[str]) and returns an
 #: exit code. Modules are imported only when their sub-command is used.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "serve": "hwr_batch.web:serve_main",
+}
 
 EPILOG = """\
 outputs (under OUTDIR, mirroring the input tree):
@@ -136,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes (default: number of cores)",
     )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDR",
+        default=None,
+        help="run on Dask (pip install 'hwr-batch[dask]'): a scheduler address tcp://HOST:8786, "
+        "or local[:N] for a cluster of N worker processes here (docs/scale-out.md)",
+    )
     talk = run.add_mutually_exclusive_group()
     talk.add_argument(
         "-v", "--verbose", action="store_true", help="tracebacks and per-file details"
@@ -168,13 +177,20 @@ def run_batch_command(argv: Sequence[str]) -> int:
             log.debug("%s", f.detail.rstrip())
 
     # Errors in the batch are per file and go on; they are printed as they happen, not fatal.
+    inputs, outdir = args.inputs, args.outdir
+    if args.scheduler is not None and "://" in args.scheduler:
+        # Workers of a remote cluster resolve paths themselves, each in its own working folder:
+        # local paths must be absolute (on storage mounted at the same place everywhere).
+        inputs = [p if "://" in p else os.path.abspath(p) for p in inputs]  # noqa: PTH100
+        outdir = outdir if "://" in outdir else os.path.abspath(outdir)  # noqa: PTH100
     progress = make_progress(quiet=args.quiet)
     report = run_batch(
-        args.inputs,
-        args.outdir,
+        inputs,
+        outdir,
         options,
         jobs=args.jobs,
         force=args.force,
+        scheduler=args.scheduler,
         progress=progress,
         on_failure=on_failure,
     )
