@@ -46,6 +46,7 @@ import csv
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -91,6 +92,30 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> str:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_unsynced(path: str | os.PathLike[str], data: bytes) -> str:
+    """Like :func:`atomic_write_bytes` (temp file + rename: never half-visible, even after a
+    kill) but without fsync, for small derived files whose loss on a power cut is harmless.
+
+    Review crops use it: an fsync costs ~4 ms here, a page can have dozens of crops, and a crop
+    lost to a power cut is reported by the next run (review.csv row without a crop) and redone
+    with --force. Page JSON, CSV and overlay keep full durability.
+    """
+    local = None if storage.is_url(path) else Path(path)
+    if local is None:
+        return atomic_write_bytes(path, data)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=TEMP_SUFFIX, dir=local.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        Path(tmp).replace(local)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(tmp).unlink()
+        raise
+    return str(local)
+
+
 def is_temp_name(name: str) -> bool:
     """True for the name of an in-flight temporary file of :func:`storage.write_atomic`."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
@@ -116,7 +141,9 @@ def remove_stale_temps(root: str | os.PathLike[str]) -> int:
 
 def page_json_bytes(result: PageResult) -> bytes:
     """The page's JSON document (schema ``hwr-batch/page/v1``) as UTF-8 bytes."""
-    return (json.dumps(result.to_dict(), ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    # Compact: a 300-character page is ~50 kB and 3 ms this way, 2.4x that indented (use jq).
+    doc = json.dumps(result.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    return (doc + "\n").encode("utf-8")
 
 
 def write_page_json(result: PageResult, path: str | os.PathLike[str]) -> str:
@@ -285,7 +312,7 @@ def write_review_crops(
     for row in iter_char_rows(result):
         if row.char.confidence < min_confidence:
             written.append(
-                atomic_write_bytes(
+                atomic_write_unsynced(
                     storage.join(directory, review_crop_name(row.index)),
                     encode_png(review_crop(gray, row.char)),
                 )
