@@ -39,3 +39,17 @@ WEB_MAX_PIXELS = 40_000_000
 #: Web app: pages read at once. Reading is CPU-bound; more requests than this queue up rather
 #: than oversubscribe the cores.
 WEB_MAX_CONCURRENT = 2
+
+#: Dask (--scheduler): worker deaths a task may cause before the scheduler fails it with
+#: KilledWorker (its ``allowed-failures``). One death can be bad luck (a node reclaimed, a
+#: neighbour's memory spike) and is retried on another worker; a third death in a row is the
+#: input's doing, and the batch then re-runs it alone once more before recording it. Dask's own
+#: default (3) only costs an extra worker restart per poisonous input.
+DASK_ALLOWED_FAILURES = 2
+#: Dask: re-runs of a task that raised. Reading errors never get here (a task returns them as
+#: an errors.csv record, and they are deterministic); what does is infrastructure trouble, such
+#: as a worker failing to deserialise the task or a dropped connection, which one retry covers.
+DASK_TASK_RETRIES = 1
+#: Dask: seconds to wait for the scheduler to answer and for a first worker to join; a cluster
+#: that is scaling up from zero (Kubernetes pods being scheduled) needs tens of seconds.
+DASK_WAIT_FOR_WORKERS_S = 60.0

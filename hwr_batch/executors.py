@@ -183,4 +183,9 @@ def create_executor(
     """
     if scheduler is None or scheduler == "processes":
         return LocalPoolExecutor(jobs, initializer, init_arg)
+    if scheduler.startswith("local") or "://" in scheduler:
+        # Imported only here: Dask is an optional extra, and this import says how to get it.
+        from hwr_batch.dask_executor import DaskExecutor
+
+        return DaskExecutor(scheduler, initializer, init_arg, jobs=jobs)
     raise BadArguments(f"unknown --scheduler {scheduler!r}")
