@@ -70,6 +70,13 @@ class Executor(Protocol):
         ...
 
 
+def available_cores() -> int:
+    """Cores this process may run on (CPU affinity, e.g. a container's cpuset), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _init_local_worker(init: Callable[[Any], None] | None, init_arg: Any) -> None:
     # Ctrl-C goes to the whole process group; the parent alone decides how to stop, so a page
     # that is being written is finished rather than cut off.
@@ -94,7 +101,7 @@ class LocalPoolExecutor:
         initializer: Callable[[Any], None] | None = None,
         init_arg: Any = None,
     ) -> None:
-        self.workers = workers if workers else (os.cpu_count() or 1)
+        self.workers = workers if workers else available_cores()
         if self.workers < 1:
             raise BadArguments(f"--jobs must be at least 1, got {self.workers}")
         self._initializer = initializer

@@ -240,11 +240,15 @@ def test_batch_multipage_resume_and_force(tmp_path: Path, model: str) -> None:
     assert len(review) == low
     assert all((out / r["crop"]).is_file() for r in review)
 
-    # Resume: nothing is read again, no file is rewritten, batch files are complete.
+    # Resume: nothing is read again, no file is rewritten, batch files are complete; debris of
+    # a killed run (a temporary file) is cleared.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.p0*.*")}
+    debris = out / "a" / ".scan.png.p001.json.k3x9q.tmp"
+    debris.write_text('{"schema": "hwr-ba')
     report = batch.run_batch([str(src)], str(out), _opts(model, overlay=True), jobs=2)
     assert (report.pages_read, report.pages_kept) == (0, 6)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.p0*.*")} == stamps
+    assert not debris.exists()
     summary2 = read_csv(out / "summary.csv")
     assert [r["status"] for r in summary2] == ["kept"] * 6
     assert [r["characters"] for r in summary2] == [r["characters"] for r in summary]
