@@ -214,12 +214,14 @@ def read_page_task(task: PageTask) -> PageDone | TaskFailed:
         if local_json is not None:
             local_json.unlink(missing_ok=True)
         loaded = load_page(task.source, task.page, dpi=opts.dpi, max_pixels=opts.max_pixels)
+        clf = load_classifier(opts.model_ref, threads=1)
         result = read_page(
             loaded.gray,
-            opts.charset,
+            # The JSON's "charset" names the model that read the page.
+            opts.charset if opts.model is None else clf.name,
             page=task.page,
             source=task.source,
-            classifier=load_classifier(opts.model_ref, threads=1),
+            classifier=clf,
             dpi=opts.dpi,
             forms=opts.forms,
             template=opts.template,
