@@ -49,6 +49,7 @@ import gzip
 import io
 import logging
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -141,15 +142,30 @@ def _read_all(path: Path) -> tuple[bytes, bool]:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from e
     if head != b"\x1f\x8b":
         return path.read_bytes(), False
+    # zlib rather than gzip.open: on a stream cut short, gzip raises and drops the bytes it
+    # had decompressed, and the error should say which record the data ends in.
     buf = io.BytesIO()
-    try:
-        with gzip.open(path, "rb") as gz:
-            while chunk := gz.read(1 << 20):
-                buf.write(chunk)
-    except (EOFError, gzip.BadGzipFile, OSError):
-        # EOFError: "Compressed file ended before the end-of-stream marker was reached".
-        return buf.getvalue(), True
-    return buf.getvalue(), False
+    inflater = zlib.decompressobj(wbits=31)
+    member_done = False
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            while chunk:
+                if member_done:
+                    if not chunk.strip(b"\0"):
+                        break  # zero padding after the last member, as gzip allows
+                    # Concatenated gzip members: a new one starts on the leftover bytes.
+                    inflater = zlib.decompressobj(wbits=31)
+                    member_done = False
+                try:
+                    buf.write(inflater.decompress(chunk))
+                except zlib.error:
+                    return buf.getvalue(), True
+                if inflater.eof:
+                    member_done = True
+                    chunk = inflater.unused_data
+                else:
+                    chunk = b""
+    return buf.getvalue(), not member_done
 
 
 def _parse_idx(path: Path, expect_ndim: int) -> npt.NDArray[np.generic]:
@@ -741,3 +757,58 @@ def read_usps(path: str | Path, *, group: str | None = None) -> LabeledImages:
         raise DataError(f"{path}: no data lines")
     name = group or path.name.removesuffix(".gz")
     return LabeledImages(images[:n], _str_array(labels), np.full(n, name, dtype=object).astype(str))
+
+
+# --------------------------------------------------------------------------------------------
+# Any of the above, by looking at the path
+# --------------------------------------------------------------------------------------------
+
+_EMNIST_SPLIT = re.compile(r"emnist-(letters|byclass|bymerge|balanced|digits|mnist)")
+
+
+def _labels_for_idx(images: Path) -> Path | None:
+    """``train-images-idx3-ubyte.gz`` -> ``train-labels-idx1-ubyte.gz`` when it exists."""
+    name = images.name.replace("images-idx3", "labels-idx1").replace("images", "labels")
+    candidate = images.with_name(name)
+    return candidate if candidate != images and candidate.exists() else None
+
+
+def read_dataset(path: str | Path, **kw: object) -> LabeledImages:
+    """Read a data set of any supported format, chosen from the path.
+
+    * folder with a CSV index (a ``.csv`` with ``image`` and ``label`` columns): that index;
+    * other folder: class sub-folders of images;
+    * ``*idx3*`` (``.gz`` or not): idx images with the matching ``*labels-idx1*`` file when it
+      exists; a name with ``emnist-<split>`` sets ``transpose`` and EMNIST's label numbering;
+    * ``zip.*`` / ``*.zip.gz``-style USPS text files (``zip.train.gz``);
+    * ``.csv`` / ``.csv.gz``: an image index if its header has ``image`` and ``label``, else a
+      Kaggle CSV.
+    Extra keyword arguments go to the reader. Raises DataError for anything else.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    name = path.name.lower()
+    if path.is_dir():
+        for index in sorted(path.glob("*.csv")):
+            with index.open(encoding="utf-8", errors="replace") as fh:
+                header = [h.strip().lower() for h in fh.readline().split(",")]
+            if "image" in header and "label" in header:
+                return read_image_index(index, **kw)  # type: ignore[arg-type]
+        return read_image_folder(path, **kw)  # type: ignore[arg-type]
+    if "idx3" in name:
+        if m := _EMNIST_SPLIT.search(name):
+            kw.setdefault("transpose", True)
+            kw.setdefault("label_map", f"emnist-{m[1]}")
+        return read_idx(path, _labels_for_idx(path), **kw)  # type: ignore[arg-type]
+    if name.startswith("zip.") and name != "zip.info.txt":
+        return read_usps(path, **kw)  # type: ignore[arg-type]
+    if name.endswith((".csv", ".csv.gz")):
+        with _open_text(path) as fh:
+            header = [h.strip().lower() for h in fh.readline().split(",")]
+        if "image" in header and "label" in header:
+            return read_image_index(path, **kw)  # type: ignore[arg-type]
+        return read_kaggle_csv(path, **kw)  # type: ignore[arg-type]
+    raise DataError(
+        f"{path}: unknown data set format (expected a folder, idx, USPS zip.*, or .csv)"
+    )

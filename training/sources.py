@@ -285,40 +285,52 @@ def export_npz(
     model: str,
     path: str | Path,
     *,
+    split: str | None = None,
     root: str | Path | None = None,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """Write one compressed npz with both splits of ``model``.
+    """Write a model's data as one compressed npz (load with ``np.load``, no pickle).
 
-    Keys: ``train_images`` uint8 (N, 28, 28), ``train_labels``, ``train_groups`` (str),
-    ``test_images``, ``test_labels``, ``test_groups``, ``label_set`` (str, e.g.
-    "0123456789"). Load with ``np.load(path)`` (no pickle needed).
+    split "train" or "test": that split only, as ``images`` uint8 (N, 28, 28), ``labels`` and
+    ``groups`` (str (N,)), plus ``label_set`` (e.g. "0123456789") and ``split``: the form
+    ``hwr-train fit``/``evaluate`` read for an .npz.
+    split None: both in one file: ``images``/``labels``/``groups`` hold the TRAIN split and
+    ``test_images``/``test_labels``/``test_groups`` the held-out one (read with
+    :func:`load_npz`). A reader that only knows ``images`` then sees training rows, never
+    held-out ones.
     """
     path = Path(path)
-    train = load_split(model, "train", root=root, cache_dir=cache_dir)
-    test = load_split(model, "test", root=root, cache_dir=cache_dir)
+    splits = ("train", "test") if split is None else (split,)
+    arrays: dict[str, npt.NDArray[np.generic]] = {
+        "label_set": np.array(LABEL_SETS[model]),
+        "split": np.array(split or "train+test"),
+    }
+    for name in splits:
+        data = load_split(model, name, root=root, cache_dir=cache_dir)
+        prefix = "test_" if split is None and name == "test" else ""
+        arrays[prefix + "images"] = data.images
+        arrays[prefix + "labels"] = data.labels
+        arrays[prefix + "groups"] = data.groups
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        train_images=train.images,
-        train_labels=train.labels,
-        train_groups=train.groups,
-        test_images=test.images,
-        test_labels=test.labels,
-        test_groups=test.groups,
-        label_set=np.array(LABEL_SETS[model]),
-    )
+    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
     return path
 
 
-def load_npz(path: str | Path) -> tuple[LabeledImages, LabeledImages]:
-    """Read an :func:`export_npz` file -> (train, test)."""
+def load_npz(path: str | Path, split: str = "train") -> LabeledImages:
+    """Read an :func:`export_npz` file -> the rows of ``split`` ("train" or "test")."""
     with np.load(path, allow_pickle=False) as z:
-        train = LabeledImages(z["train_images"], z["train_labels"], z["train_groups"])
-        test = LabeledImages(z["test_images"], z["test_labels"], z["test_groups"])
-    return train, test
+        kind = str(z["split"]) if "split" in z.files else "train"
+        if kind == "train+test":
+            prefix = "test_" if split == "test" else ""
+        elif kind != split:
+            raise DataError(f"{path}: holds the {kind} split, not {split}")
+        else:
+            prefix = ""
+        return LabeledImages(
+            z[prefix + "images"], z[prefix + "labels"].astype(str), z[prefix + "groups"].astype(str)
+        )
 
 
 def split_report(model: str, **kw: str | Path | None) -> dict[str, dict[str, int]]:
@@ -347,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("export", help="write one npz with both splits of a model")
     e.add_argument("model", choices=list(MODEL_SOURCES))
     e.add_argument("path")
+    e.add_argument(
+        "--split", choices=["train", "test"], help="one split only (default: both in one file)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     kw = {"root": args.root, "cache_dir": args.cache}
@@ -365,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                 for source, n in split_report(model, **kw).items():
                     print(f"  {source:10s} train {n['train']:6d}  test {n['test']:6d}")
         else:
-            out = export_npz(args.model, args.path, **kw)
+            out = export_npz(args.model, args.path, split=args.split, **kw)
             print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
