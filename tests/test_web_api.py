@@ -361,7 +361,7 @@ def test_read_returns_the_batch_page_schema(client: TestClient, reader_available
     assert doc["schema"] == PAGE_SCHEMA
     assert doc["source"] == "page one.png" and doc["page"] == 1
     assert (doc["width"], doc["height"]) == (900, 700)
-    assert doc["n_chars"] == 7
+    assert doc["n_chars"] == 6
     assert PageResult.from_dict(doc).to_dict() == doc
     for line in doc["lines"]:
         for word in line["words"]:
@@ -436,3 +436,24 @@ def test_bundled_digits_model_reads_drawn_digits(bundled_digits: None) -> None:
             r = c.post("/api/classify", files=upload(png_bytes(glyph(label, 280, 22))))
             assert r.status_code == 200
             assert r.json()["text"] == label, r.json()["chars"][0]["top"]
+
+
+def test_bundled_digits_model_reads_a_page_and_a_drawn_number(
+    bundled_digits: None, reader_available: None
+) -> None:
+    with TestClient(create_app()) as c:
+        r = c.post("/api/read", files=upload(png_bytes(digits_page(["101", "7 70"]))))
+        assert r.status_code == 200, r.text
+        assert r.json()["text"] == "101\n7 70"
+        # A short number drawn on one canvas: the reader splits it, one entry per character,
+        # each with the crop the model saw.
+        canvas = np.full((300, 600), 255, np.uint8)
+        canvas[40:260, 60:200] = glyph("1", 220, 20)[:, 40:180]
+        canvas[40:260, 200:420] = glyph("7", 220, 20)
+        canvas[40:260, 380:600] = glyph("0", 220, 20)
+        r = c.post("/api/classify?split=true", files=upload(png_bytes(canvas)))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["method"] == "page" and body["text"] == "170"
+        assert [ch["label"] for ch in body["chars"]] == ["1", "7", "0"]
+        assert all(ch["crop"].startswith("data:image/png;base64,") for ch in body["chars"])

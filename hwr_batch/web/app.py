@@ -193,35 +193,82 @@ def ink_box(gray: npt.NDArray[np.uint8]) -> list[int]:
     return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
 
 
+#: Height a drawing's ink is scaled to before the page reader sees it: handwriting on a 300 dpi
+#: scan (5-6 mm letters). The reader's thresholds (text height, rule length, background kernel)
+#: are tuned for scans, where a character is a small part of a large page; a canvas drawing is
+#: the opposite (a "1" filling the canvas looks like a ruled line).
+DRAWING_TEXT_PX = 64
+#: The drawing is placed on white paper this many text heights on each side, so that it is a
+#: small part of the page as on a scan.
+DRAWING_MARGIN = 4
+
+
+def drawing_as_page(
+    gray: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.uint8], float, tuple[int, int]]:
+    """A drawing (gray uint8 (H, W), dark ink on white) as a scan-like page for the reader.
+
+    Returns (page uint8 (H2, W2), scale, (x0, y0)): drawing pixel (u, v) is page pixel
+    (x0 + u * scale, y0 + v * scale).
+    """
+    x, y, w, h = ink_box(gray)
+    if w == 0:
+        return gray, 1.0, (0, 0)
+    # A wide low drawing ("---") is scaled by its width so that it does not blow up.
+    scale = DRAWING_TEXT_PX / max(h, w / 8, 16)
+    ink = gray[y : y + h, x : x + w]
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(ink, (new_w, new_h), interpolation=interp)
+    pad = DRAWING_MARGIN * DRAWING_TEXT_PX
+    page = np.full((new_h + 2 * pad, new_w + 2 * pad), 255, np.uint8)
+    page[pad : pad + new_h, pad : pad + new_w] = small
+    return page, scale, (pad - round(x * scale), pad - round(y * scale))
+
+
 def classify_image(
     gray: npt.NDArray[np.uint8], clf: Classifier, charset: str, split: bool
 ) -> dict[str, Any]:
     """Classify a drawing or crop. gray: uint8 (H, W), dark ink on light paper.
 
-    With ``split``, the page reader segments the image first; when it finds two or more
-    characters they are returned in reading order (a short number). Otherwise the whole image is
-    one character, classified directly (strokes the segmenter might cut apart stay together).
+    With ``split``, the page reader (preprocess, segment, classify) runs on the image first;
+    when it finds two or more characters they are returned in reading order with the crops the
+    model saw, and ``text`` has the reader's word spacing (a short number). Otherwise the whole
+    image is one character, classified directly, so strokes the segmenter might cut apart stay
+    together.
     """
     t0 = time.perf_counter()
     chars: list[dict[str, Any]] = []
     method: Literal["single", "page"] = "single"
+    text = ""
     if split:
-        from hwr_batch.pipeline import read_page
+        from hwr_batch.assemble import assemble, group_lines
+        from hwr_batch.pipeline import analyse_page
 
-        page = read_page(gray, charset, classifier=clf, source="drawing")
-        found = page.chars
-        if len(found) >= 2:
+        page, scale, (ox, oy) = drawing_as_page(gray)
+        found = analyse_page(page, clf)
+        if len(found.chars) >= 2:
             method = "page"
-            for ch in found:
+            th = found.prep.text_height
+            lines = assemble(found.canvas_boxes, found.chars, th)
+            text = "\n".join(line.text for line in lines)
+            for i in (i for line in group_lines(found.canvas_boxes, th) for i in line):
+                ch = found.chars[i]
                 b = ch.bbox
-                crop = normalize(gray[b.y : b.y2, b.x : b.x2])
                 chars.append(
                     {
-                        "bbox": b.to_list(),
+                        # Back to the drawing's pixels.
+                        "bbox": [
+                            int(round((b.x - ox) / scale)),
+                            int(round((b.y - oy) / scale)),
+                            int(round(b.w / scale)),
+                            int(round(b.h / scale)),
+                        ],
                         "label": ch.label,
                         "confidence": float(ch.confidence),
                         "top": [{"label": lab, "confidence": p} for lab, p in ch.alternatives],
-                        "crop": crop_data_url(crop),
+                        # The exact input the model was given for this character.
+                        "crop": crop_data_url(found.seg.chars[i].image),
                     }
                 )
     if method == "single":
@@ -241,7 +288,7 @@ def classify_image(
     return {
         "charset": charset,
         "model": clf.name,
-        "text": "".join(c["label"] for c in chars),
+        "text": text if method == "page" else "".join(c["label"] for c in chars),
         "method": method,
         "chars": chars,
         "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1),
