@@ -111,6 +111,7 @@ def run(argv: list[str]) -> int:
         (",".join(["1"] * 700), "line 3: expected 785 columns, found 700"),
         (",".join(["30"] + ["0"] * 784), r"line 3: label 30 out of range 0..25"),
     ],
+    ids=["columns", "label"],
 )
 def test_bad_csv_is_one_line_and_leaves_nothing(tmp_path, capsys, bad, message):
     src = tmp_path / "az.csv"

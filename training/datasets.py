@@ -325,7 +325,7 @@ def iter_kaggle_csv(
     path = Path(path)
     has_header, labeled, ncols = sniff_kaggle_csv(path)
     skip = 1 if has_header else 0
-    reader = pd.read_csv(
+    reader = pd.read_csv(  # closed in the finally below: a bad row stops mid-file
         path,
         header=None,
         names=range(ncols),
@@ -384,6 +384,8 @@ def iter_kaggle_csv(
         if m:
             raise DataError(f"{path}: line {m[2]}: expected {m[1]} columns, found {m[3]}") from None
         raise DataError(f"{path}: not a valid CSV: {str(e).splitlines()[0]}") from None
+    finally:
+        reader.close()
 
 
 def read_kaggle_csv(
