@@ -19,7 +19,6 @@ from training import sources
 from training.data import LabeledImages
 from training.synth_fonts import find_handwriting_fonts, render_font_glyphs
 
-
 # Normalisation removes shifts, so images that must differ differ in face and weight.
 _FACES = (
     cv2.FONT_HERSHEY_SIMPLEX,
