@@ -62,6 +62,7 @@ const draw = {
   timer: null,
   inflight: null,     // AbortController of the running request
   seq: 0,             // answers to older requests are dropped
+  strokes: 0,         // finished strokes; an answer says which drawing it is for
 
   init() {
     this.canvas = $("#draw-canvas");
@@ -135,6 +136,8 @@ const draw = {
     if (!this.drawing) return;
     this.drawing = false;
     if (this.canvas.hasPointerCapture(e.pointerId)) this.canvas.releasePointerCapture(e.pointerId);
+    this.strokes++;
+    this.canvas.dataset.strokes = String(this.strokes);
     this.schedule(120);
   },
 
@@ -143,6 +146,8 @@ const draw = {
     if (this.inflight) this.inflight.abort();
     this.seq++;
     this.reset();
+    this.strokes = 0;
+    this.canvas.dataset.strokes = "0";
     $("#draw-text").innerHTML = "&nbsp;";
     $("#draw-meta").textContent = "";
     $("#draw-chars").replaceChildren();
@@ -166,6 +171,7 @@ const draw = {
     const controller = new AbortController();
     this.inflight = controller;
     const seq = ++this.seq;
+    const strokes = this.strokes;
     const result = $("#draw-result");
     result.dataset.status = "busy";
     const blob = await new Promise((resolve) => this.canvas.toBlob(resolve, "image/png"));
@@ -177,6 +183,7 @@ const draw = {
       if (seq !== this.seq) return;
       if (!resp.ok) throw new Error(await errorMessage(resp));
       this.show(await resp.json());
+      result.dataset.strokes = String(strokes);
       $("#draw-error").hidden = true;
       result.dataset.status = "done";
     } catch (err) {
