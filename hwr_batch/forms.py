@@ -1,0 +1,915 @@
+"""Form fields: find boxes, comb fields and underlines on a page, and read each as one value.
+
+Stages, each a plain function on arrays:
+
+1. :func:`ink_mask` - dark ink on light paper -> binary ink, after flattening the background.
+2. :func:`estimate_skew` / :func:`rotate_page` - forms are full of long straight lines, so the
+   skew comes from them (Hough segments, length-weighted median angle).
+3. :func:`detect_fields` - structural lines by morphological opening; closed cells are the holes
+   of the line mask that are rectangles; cells side by side in a row make a comb; long
+   horizontal lines that belong to no box are underlines. Fields are named in reading order.
+4. :func:`clean_ink` - the structural lines are removed from the ink, except where a stroke
+   crosses them (ink on both sides), so characters that touch or cross a border survive.
+5. :func:`read_fields` - connected components of the clean ink are given to the field (and for
+   combs, the cell) holding most of their pixels; ink outside every field (headings, printed
+   prompts) is ignored. Each candidate character is normalised with the shared normaliser,
+   all of a page's candidates are classified in one batch per model, and each field's value is
+   decoded under its constraint (:mod:`hwr_batch.fieldvalue`).
+
+Coordinates: detection works on the deskewed page; every box handed back in a
+:class:`~hwr_batch.records.Field` is mapped back to the page as loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from hwr_batch.fieldvalue import CHARSET_LABELS, Constraint, Edge, decode_lattice
+from hwr_batch.normalize import normalize
+from hwr_batch.records import BBox, Char, Field
+
+if TYPE_CHECKING:
+    from hwr_batch.classify import Classifier
+    from hwr_batch.template import Registration, Template
+
+# Constants with a reason (form mode only, so they live here rather than in defaults.py).
+
+#: Structural lines are at least this fraction of the page width long. At 150-300 dpi an A4
+#: comb cell is 40-90 px wide and a handwritten stroke's straight run rarely exceeds 2% of
+#: the width, so 1/50 keeps cell borders and drops most strokes.
+LINE_MIN_FRACTION = 1 / 50
+#: An underline is a horizontal line at least this fraction of the page width long, and not a
+#: side of a box. Shorter rules are more likely table strokes or a crossed-out word.
+UNDERLINE_MIN_FRACTION = 1 / 12
+#: Smallest cell side as a fraction of page width: 0.8% (20 px at 300 dpi) is below any
+#: writable box; smaller rectangles are letter counters in printed text.
+CELL_MIN_FRACTION = 0.02
+#: A frame's top and bottom lines cover at least this share of its width (strokes crossing the
+#: side borders can stick out sideways and widen the piece a little).
+FRAME_COVERAGE = 0.8
+#: A vertical line is a cell border when it covers this share of the frame's inner height.
+SEPARATOR_COVERAGE = 0.9
+#: A single box wider than this many times its height holds several characters.
+MULTI_CHAR_ASPECT = 1.3
+#: Writing zone above an underline, in multiples of the median cell height on the page, or as a
+#: fraction of page width when the page has no cells (4.5% ~ a 5 mm high handwritten digit
+#: line with its ascenders on A4).
+UNDERLINE_ZONE_CELLS = 1.2
+UNDERLINE_ZONE_FRACTION = 0.045
+#: Ink components smaller than this share of the field's height squared are specks (scanner
+#: dust, leftovers of a removed border), not strokes.
+SPECK_FRACTION = 0.004
+#: A character of a free box or underline wider than this many times its height may be two
+#: touching characters; the lattice then also offers split alternatives.
+SPLIT_ASPECT = 0.95
+#: How far from a structural line (pixels, beyond the one-pixel dilation of the line mask)
+#: stroke ink must lie on both sides for the line pixels between to count as a crossing.
+CROSS_REACH = 2
+#: Share of a component's pixels that must lie in a reading zone for it to belong there.
+MIN_INSIDE_SHARE = 0.4
+#: Neighbouring pieces at most this wide together (in character heights) and this far apart
+#: may be one broken character.
+MERGE_WIDTH = 0.85
+MERGE_GAP = 0.15
+#: Pixels either side of a border's fully covered rows (or columns) that still count as border.
+BORDER_SLACK = 2
+#: Fields whose value's probability is under this go to review. A 5-digit field whose digits
+#: are each 0.95 sure has probability 0.77; one doubtful digit at 0.6 brings it under 0.5.
+FIELD_MIN_CONFIDENCE = 0.5
+
+
+@dataclass(frozen=True)
+class FieldGeometry:
+    """Where a field is on the deskewed page.
+
+    kind: "box", "comb" or "underline".
+    bbox: the field's outer box (frame included; for an underline, the writing zone and line).
+    cells: reading zones: one per comb cell, the interior for a box, the zone above an
+        underline.
+    """
+
+    kind: str
+    bbox: BBox
+    cells: tuple[BBox, ...]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """A field to read: geometry plus what its value may be (from a template, or defaults)."""
+
+    name: str
+    geometry: FieldGeometry
+    constraint: Constraint = field(default_factory=Constraint)
+    #: Read every character as unreadable (used when a template did not register).
+    unreadable: bool = False
+
+
+@dataclass(frozen=True)
+class FormsResult:
+    """Fields of one page plus what the caller needs for the PageResult."""
+
+    fields: tuple[Field, ...]
+    skew_angle: float
+    warnings: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
+    #: 2x3 affine page-as-loaded -> deskewed page.
+    deskew: npt.NDArray[np.float64] | None = field(default=None, compare=False)
+    #: Template fit (template pixels -> deskewed page), when a template was given.
+    registration: Registration | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# 1-2. Ink and skew
+
+
+def ink_mask(gray: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Binary ink of a page: gray uint8 (H, W), dark ink on light paper -> uint8 (H, W) 0/255.
+
+    The background (paper colour and uneven lighting) is estimated by a large median of a
+    shrunken copy and divided out; Otsu then splits ink from paper.
+    """
+    g = np.asarray(gray)
+    if g.ndim != 2 or g.dtype != np.uint8:
+        raise ValueError(f"gray must be uint8 (H, W), got {g.dtype} {g.shape}")
+    h, w = g.shape
+    small = cv2.resize(g, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
+    k = max(3, (min(small.shape) // 10) | 1)
+    bg_small = cv2.medianBlur(small, min(k, 255 if k <= 255 else 255))
+    bg = cv2.resize(bg_small, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    flat = np.clip(g.astype(np.float32) / np.maximum(bg, 1.0) * 255.0, 0, 255).astype(np.uint8)
+    t, _ = cv2.threshold(flat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # Blank paper has no bimodality and Otsu splits the noise; ink must be clearly darker.
+    t = min(t, 200.0)
+    return np.where(flat < t, 255, 0).astype(np.uint8)
+
+
+def estimate_skew(ink: npt.NDArray[np.uint8], max_angle: float = 10.0) -> float:
+    """Skew in degrees (positive = counter-clockwise text) from the page's long straight lines.
+
+    ink: uint8 (H, W) 0/255. Returns 0.0 when the page has no long lines.
+    """
+    h, w = ink.shape
+    min_len = max(30, int(w * UNDERLINE_MIN_FRACTION))
+    segs = cv2.HoughLinesP(
+        ink, 1, np.pi / 1440, threshold=min_len // 2, minLineLength=min_len, maxLineGap=4
+    )
+    if segs is None:
+        return 0.0
+    s = np.asarray(segs).reshape(-1, 4).astype(np.float64)
+    dx, dy = s[:, 2] - s[:, 0], s[:, 3] - s[:, 1]
+    length = np.hypot(dx, dy)
+    # Image y grows downwards: a line rising to the right has dy < 0, i.e. a positive angle.
+    angle = np.degrees(np.arctan2(-dy, dx))
+    angle = (angle + 90.0) % 180.0 - 90.0
+    keep = np.abs(angle) <= max_angle
+    if not keep.any():
+        return 0.0
+    a, wt = angle[keep], length[keep]
+    order = np.argsort(a)
+    cum = np.cumsum(wt[order])
+    coarse = float(a[order][np.searchsorted(cum, cum[-1] / 2.0)])
+    return _refine_skew(ink, coarse)
+
+
+def _refine_skew(ink: npt.NDArray[np.uint8], coarse: float) -> float:
+    """Sharpen a Hough angle (0.125 deg steps, staircase-biased) to 0.02 deg.
+
+    The row profile of the ink, sheared by a candidate angle, is sharpest (largest sum of
+    squares) when the long lines fall into single rows.
+    """
+    ys, xs = np.nonzero(ink)
+    if ys.size == 0:
+        return coarse
+    if ys.size > 300_000:
+        pick = np.random.default_rng(0).choice(ys.size, 300_000, replace=False)
+        ys, xs = ys[pick], xs[pick]
+    yf, xf = ys.astype(np.float64), xs.astype(np.float64)
+    best, best_score = coarse, -1.0
+    for cand in coarse + np.arange(-0.3, 0.3001, 0.02):
+        rows = np.round(yf + xf * math.tan(math.radians(cand))).astype(np.int64)
+        rows -= rows.min()
+        score = float(np.square(np.bincount(rows).astype(np.float64)).sum())
+        if score > best_score:
+            best, best_score = float(cand), score
+    return best
+
+
+def rotation_matrix(angle: float, shape: tuple[int, int]) -> npt.NDArray[np.float64]:
+    """2x3 affine that undoes a skew of ``angle`` degrees about the page centre."""
+    h, w = shape
+    return cv2.getRotationMatrix2D((w / 2.0, h / 2.0), -angle, 1.0)
+
+
+def rotate_page(
+    gray: npt.NDArray[np.uint8], angle: float
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+    """Deskewed copy of ``gray`` (same size, white fill) and the 2x3 matrix used."""
+    m = rotation_matrix(angle, gray.shape[:2])
+    if abs(angle) < 0.05:
+        return gray, m
+    out = cv2.warpAffine(
+        gray,
+        m,
+        (gray.shape[1], gray.shape[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=255,
+    )
+    return out, m
+
+
+def map_box(box: BBox, m: npt.NDArray[np.float64], shape: tuple[int, int]) -> BBox:
+    """Axis-aligned box around ``box`` mapped by the 2x3 affine ``m``, clipped to ``shape``."""
+    pts = np.array(
+        [[box.x, box.y], [box.x2, box.y], [box.x, box.y2], [box.x2, box.y2]], np.float64
+    )
+    q = pts @ m[:, :2].T + m[:, 2]
+    h, w = shape
+    x0 = int(np.clip(np.floor(q[:, 0].min()), 0, w))
+    y0 = int(np.clip(np.floor(q[:, 1].min()), 0, h))
+    x1 = int(np.clip(np.ceil(q[:, 0].max()), 0, w))
+    y1 = int(np.clip(np.ceil(q[:, 1].max()), 0, h))
+    return BBox(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Structure
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The form's printed structure on the deskewed page.
+
+    lines: uint8 (H, W) 0/255, the structural line pixels (cell borders and underlines).
+    fields: detected fields in reading order.
+    line_width: typical border thickness in pixels.
+    """
+
+    lines: npt.NDArray[np.uint8]
+    fields: tuple[FieldGeometry, ...]
+    line_width: int
+
+
+def _line_candidates(
+    ink: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Horizontal and vertical straight runs (uint8 0/255) of at least LINE_MIN_FRACTION."""
+    w = ink.shape[1]
+    n = max(12, int(round(w * LINE_MIN_FRACTION)))
+    horiz = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (n, 1)))
+    vert = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, n)))
+    return horiz, vert
+
+
+def _runs(flags: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in a 1-D array."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    d = np.diff(padded)
+    return list(zip(np.nonzero(d == 1)[0].tolist(), np.nonzero(d == -1)[0].tolist(), strict=True))
+
+
+def _find_frames(
+    lines: npt.NDArray[np.uint8], page_w: int
+) -> list[tuple[list[BBox], list[BBox]]]:
+    """Closed frames formed by ``lines`` (uint8 0/255): (cell interiors, border rectangles).
+
+    A frame is a connected piece of the line mask with a top and a bottom line that each run
+    across most of its width, and left and right borders; full-height vertical lines inside it
+    separate comb cells. Working from the frame's edges rather than the holes of the mask means a
+    stroke that touches the border from inside, or even spans a cell, cannot split or hide it.
+    """
+    closed = cv2.morphologyEx(lines, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    n, lab, stats, _c = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    min_side = max(8, int(page_w * CELL_MIN_FRACTION))
+    frames: list[tuple[BBox, list[BBox], list[BBox]]] = []
+    for i in range(1, n):
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        if w < min_side or h < min_side:
+            continue
+        sub = lab[y : y + h, x : x + w] == i
+        full_rows = np.nonzero(sub.mean(axis=1) >= FRAME_COVERAGE)[0]
+        if full_rows.size < 2:
+            continue
+        row_runs = _runs(np.isin(np.arange(h), full_rows))
+        top_in, bot_in = row_runs[0][1], row_runs[-1][0]
+        if len(row_runs) < 2 or bot_in - top_in < min_side:
+            continue
+        interior = sub[top_in:bot_in]
+        col_runs = _runs(interior.mean(axis=0) >= SEPARATOR_COVERAGE)
+        if len(col_runs) < 2:
+            continue
+        cells = []
+        for (_a0, a1), (b0, _b1) in zip(col_runs[:-1], col_runs[1:], strict=True):
+            if b0 - a1 >= min_side // 2:
+                cells.append(BBox(x + a1, y + top_in, b0 - a1, bot_in - top_in))
+            elif cells:
+                # A sliver between two vertical strokes (a "1" pressed against a border):
+                # not a cell; give its width to the previous one.
+                last = cells[-1]
+                cells[-1] = BBox(last.x, last.y, x + b0 - last.x, last.h)
+        if cells:
+            outer = BBox(x + col_runs[0][0], y + row_runs[0][0], 0, 0)
+            outer = BBox(
+                outer.x, outer.y, x + col_runs[-1][1] - outer.x, y + row_runs[-1][1] - outer.y
+            )
+            # The border itself: the full rows of the top and bottom lines, the full columns
+            # of the side borders and separators. Only these are erased later, so a stroke
+            # lying along a border keeps whatever sticks out of the line.
+            x0, x1 = x + col_runs[0][0], x + col_runs[-1][1]
+            borders = [BBox(x0, y + r0, x1 - x0, r1 - r0) for r0, r1 in (row_runs[0], row_runs[-1])]
+            borders += [BBox(x + c0, y + top_in, c1 - c0, bot_in - top_in) for c0, c1 in col_runs]
+            frames.append((outer, cells, borders))
+    # A frame around other frames (a section border) is not a field.
+    keep = []
+    for k, (outer, cells, borders) in enumerate(frames):
+        inner = any(
+            j != k and o.x >= outer.x and o.y >= outer.y and o.x2 <= outer.x2 and o.y2 <= outer.y2
+            for j, (o, _c, _b) in enumerate(frames)
+        )
+        if not inner:
+            keep.append((cells, borders))
+    return keep
+
+
+def _group_combs(cells: list[BBox], line_width: int) -> list[list[BBox]]:
+    """Cells side by side on one row with shared or close borders -> groups (left to right)."""
+    cells = sorted(cells, key=lambda b: (b.x, b.y))
+    used = [False] * len(cells)
+    groups: list[list[BBox]] = []
+    for i, c in enumerate(cells):
+        if used[i]:
+            continue
+        used[i] = True
+        group = [c]
+        while True:
+            last = group[-1]
+            tol = max(3, int(0.15 * last.h))
+            gap_max = 2 * line_width + max(3, int(0.1 * last.h))
+            nxt = None
+            for j, d in enumerate(cells):
+                if used[j]:
+                    continue
+                gap = d.x - last.x2
+                if (
+                    -line_width <= gap <= gap_max
+                    and abs(d.y - last.y) <= tol
+                    and abs(d.y2 - last.y2) <= tol
+                ):
+                    nxt = j
+                    break
+            if nxt is None:
+                break
+            used[nxt] = True
+            group.append(cells[nxt])
+        groups.append(group)
+    return groups
+
+
+def _line_width(horiz: npt.NDArray[np.uint8]) -> int:
+    """Median thickness of long horizontal lines (area / length), at least 1."""
+    n, _lab, stats, _c = cv2.connectedComponentsWithStats(horiz, connectivity=8)
+    widths = [
+        stats[i, cv2.CC_STAT_AREA] / stats[i, cv2.CC_STAT_WIDTH]
+        for i in range(1, n)
+        if stats[i, cv2.CC_STAT_WIDTH] >= 4 * stats[i, cv2.CC_STAT_HEIGHT]
+    ]
+    return max(1, int(round(float(np.median(widths))))) if widths else 2
+
+
+def _frame_band(cell: BBox, lw: int, shape: tuple[int, int]) -> tuple[slice, slice, BBox]:
+    """Slices of the cell grown by its border (plus slack), and the cell shrunk by one pixel."""
+    h, w = shape
+    pad = lw + 2
+    ys = slice(max(0, cell.y - pad), min(h, cell.y2 + pad))
+    xs = slice(max(0, cell.x - pad), min(w, cell.x2 + pad))
+    inner = BBox(cell.x + 1, cell.y + 1, max(0, cell.w - 2), max(0, cell.h - 2))
+    return ys, xs, inner
+
+
+def reading_order(boxes: Sequence[BBox]) -> list[int]:
+    """Indices of ``boxes`` top to bottom, then left to right within a row.
+
+    Boxes whose vertical extents overlap by more than half the smaller height share a row.
+    """
+    order = sorted(range(len(boxes)), key=lambda i: boxes[i].y + boxes[i].h / 2)
+    rows: list[list[int]] = []
+    for i in order:
+        b = boxes[i]
+        placed = False
+        for row in rows:
+            r = boxes[row[0]]
+            overlap = min(b.y2, r.y2) - max(b.y, r.y)
+            if overlap > 0.5 * min(b.h, r.h):
+                row.append(i)
+                placed = True
+                break
+        if not placed:
+            rows.append([i])
+    return [i for row in rows for i in sorted(row, key=lambda k: boxes[k].x)]
+
+
+def detect_fields(ink: npt.NDArray[np.uint8]) -> Structure:
+    """Boxes, combs and underlines of a deskewed page.
+
+    ink: uint8 (H, W) 0/255 from :func:`ink_mask`, already deskewed.
+    """
+    h, w = ink.shape
+    horiz, vert = _line_candidates(ink)
+    lw = _line_width(horiz)
+    lines = cv2.bitwise_or(horiz, vert)
+    frames = _find_frames(lines, w)
+    cells = [c for f, _b in frames for c in f]
+    singles = [f[0] for f, _b in frames if len(f) == 1]
+    groups = [f for f, _b in frames if len(f) > 1] + _group_combs(singles, lw)
+
+    structural = np.zeros_like(ink)
+    # Border rows/columns found by coverage miss the line's ragged, partly covered edge rows
+    # (blur, residual skew); all ink within BORDER_SLACK pixels of them is border too.
+    for _cells, borders in frames:
+        for b in borders:
+            c = _clip(
+                BBox(b.x - BORDER_SLACK, b.y - BORDER_SLACK, b.w + 2 * BORDER_SLACK,
+                     b.h + 2 * BORDER_SLACK),
+                ink.shape,
+            )
+            structural[c.y : c.y2, c.x : c.x2] = 255
+    fields: list[FieldGeometry] = []
+    for group in groups:
+        outer = BBox.union(group)
+        outer = BBox(outer.x - lw - 1, outer.y - lw - 1, outer.w + 2 * lw + 2, outer.h + 2 * lw + 2)
+        kind = "comb" if len(group) > 1 else "box"
+        fields.append(FieldGeometry(kind, _clip(outer, ink.shape), tuple(group)))
+
+    # Underlines: long horizontal runs not already part of a box frame.
+    cell_h = float(np.median([c.h for c in cells])) if cells else 0.0
+    zone_h = int(round(cell_h * UNDERLINE_ZONE_CELLS)) if cells else int(w * UNDERLINE_ZONE_FRACTION)
+    zone_h = max(zone_h, 8)
+    min_len = max(20, int(w * UNDERLINE_MIN_FRACTION))
+    n, lab, stats, _c = cv2.connectedComponentsWithStats(horiz, connectivity=8)
+    for i in range(1, n):
+        x, y, cw, ch = (int(v) for v in stats[i, :4])
+        if cw < min_len or ch > max(3 * lw, 6):
+            continue
+        seg = BBox(x, y, cw, ch)
+        if any(_overlaps(seg, f.bbox) for f in fields if f.kind != "underline"):
+            continue
+        zone = BBox(x, max(0, y - zone_h), cw, y - max(0, y - zone_h))
+        fields.append(FieldGeometry("underline", BBox.union([zone, seg]), (zone,)))
+        # Only the rows the line fills end to end: a stroke lying on it keeps the rest.
+        piece = lab[y : y + ch, x : x + cw] == i
+        full = piece.mean(axis=1) >= FRAME_COVERAGE
+        rows = np.nonzero(full)[0] if full.any() else np.arange(ch)
+        r0 = max(0, y + int(rows.min()) - BORDER_SLACK)
+        r1 = min(h, y + int(rows.max()) + 1 + BORDER_SLACK)
+        structural[r0:r1, x : x + cw] = 255
+
+    structural = cv2.bitwise_and(structural, ink)
+    order = reading_order([f.bbox for f in fields])
+    return Structure(structural, tuple(fields[i] for i in order), lw)
+
+
+def _overlaps(a: BBox, b: BBox) -> bool:
+    return a.x < b.x2 and b.x < a.x2 and a.y < b.y2 and b.y < a.y2
+
+
+def _clip(b: BBox, shape: tuple[int, ...]) -> BBox:
+    h, w = shape[:2]
+    x0, y0 = max(0, b.x), max(0, b.y)
+    x1, y1 = min(w, b.x2), min(h, b.y2)
+    return BBox(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Border removal that keeps crossing strokes
+
+
+def _shift(a: npt.NDArray[np.bool_], dy: int, dx: int) -> npt.NDArray[np.bool_]:
+    """``a`` moved by (dy, dx) with zero fill."""
+    out = np.zeros_like(a)
+    h, w = a.shape
+    ys_src = slice(max(0, -dy), min(h, h - dy))
+    xs_src = slice(max(0, -dx), min(w, w - dx))
+    ys_dst = slice(max(0, dy), min(h, h + dy))
+    xs_dst = slice(max(0, dx), min(w, w + dx))
+    out[ys_dst, xs_dst] = a[ys_src, xs_src]
+    return out
+
+
+def clean_ink(
+    ink: npt.NDArray[np.uint8], lines: npt.NDArray[np.uint8], line_width: int
+) -> npt.NDArray[np.uint8]:
+    """Ink without the structural lines, keeping the pixels where a stroke crosses a line.
+
+    ink, lines: uint8 (H, W) 0/255. A line pixel is kept when stroke ink lies right next to the
+    line on both sides of it (above and below for a horizontal line, left and right for a
+    vertical one; within ``CROSS_REACH`` pixels, one pixel of slack sideways for slanted
+    strokes). A wider reach would also bridge a loop lying along the line (the bottom of a 6
+    sitting on it) and paint the line back inside the digit.
+    """
+    ink_b = ink > 0
+    line_b = (lines > 0) & ink_b
+    rest = ink_b & ~line_b
+    # Line pixels reached by walking straight through the line from stroke ink that touches it
+    # on one side (within CROSS_REACH pixels, one pixel of slack sideways for slanted strokes).
+    widened = rest | _shift(rest, 0, 1) | _shift(rest, 0, -1)
+    tall = rest | _shift(rest, 1, 0) | _shift(rest, -1, 0)
+    steps = line_width + 4
+
+    def walk(seed_src: npt.NDArray[np.bool_], dy: int, dx: int) -> npt.NDArray[np.bool_]:
+        seed = np.zeros_like(rest)
+        for k in range(1, CROSS_REACH + 1):
+            seed |= _shift(seed_src, k * dy, k * dx)
+        flag = seed & line_b
+        for _ in range(steps):
+            flag |= _shift(flag, dy, dx) & line_b
+        return flag
+
+    vertical_cross = walk(widened, 1, 0) & walk(widened, -1, 0)
+    horizontal_cross = walk(tall, 0, 1) & walk(tall, 0, -1)
+    crossing = vertical_cross | horizontal_cross
+    return np.where(rest | crossing, 255, 0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Characters of each field
+
+
+@dataclass
+class _Candidate:
+    """A field's reading lattice: pieces' pixel masks and the edges that combine them."""
+
+    spec: FieldSpec
+    #: (n_nodes, [(start, end, bbox, crop index)]) per field.
+    n_nodes: int = 1
+    edges: list[tuple[int, int, BBox, int]] = field(default_factory=list)
+    #: For combs: the cell of each node step; empty cells are skipped.
+    cell_of_edge: list[int] = field(default_factory=list)
+
+
+def _component_zones(
+    labels: npt.NDArray[np.int32], n_labels: int, zone_map: npt.NDArray[np.int32], n_zones: int
+) -> npt.NDArray[np.int64]:
+    """For each component, the zone (1..n_zones) holding most of its pixels, or 0 for none."""
+    both = labels.astype(np.int64) * (n_zones + 1) + zone_map
+    counts = np.bincount(both.ravel(), minlength=n_labels * (n_zones + 1))
+    counts = counts.reshape(n_labels, n_zones + 1)
+    total = counts.sum(axis=1)
+    counts[:, 0] = 0
+    best = counts.argmax(axis=1)
+    # A component belongs to a zone only if a good share of it lies inside: a stroke crossing a
+    # border keeps most of its ink in its cell, a prompt or frame grazing a zone does not.
+    inside = counts.max(axis=1)
+    best[inside < MIN_INSIDE_SHARE * np.maximum(total, 1)] = 0
+    return best
+
+
+def _crop(
+    labels: npt.NDArray[np.int32], comps: Sequence[int], box: BBox, col_range: tuple[int, int]
+) -> npt.NDArray[np.uint8]:
+    """Ink of components ``comps`` inside ``box``, columns [c0, c1): dark on white uint8."""
+    sub = labels[box.y : box.y2, box.x : box.x2]
+    m = np.isin(sub, comps)
+    c0, c1 = col_range
+    m[:, : max(0, c0 - box.x)] = False
+    m[:, max(0, c1 - box.x) :] = False
+    return np.where(m, 0, 255).astype(np.uint8)
+
+
+def _split_cuts(mask: npt.NDArray[np.bool_], n_parts: int) -> list[int]:
+    """Column cut positions (relative) splitting ``mask`` into ``n_parts`` at ink minima."""
+    h, w = mask.shape
+    prof = mask.sum(axis=0).astype(np.float64)
+    cuts = []
+    for k in range(1, n_parts):
+        centre = int(round(k * w / n_parts))
+        lo, hi = max(1, centre - w // (2 * n_parts)), min(w - 1, centre + w // (2 * n_parts))
+        if hi <= lo:
+            cuts.append(centre)
+            continue
+        cuts.append(lo + int(np.argmin(prof[lo:hi])))
+    return sorted(set(cuts))
+
+
+def _free_field_lattice(
+    labels: npt.NDArray[np.int32],
+    stats: npt.NDArray[np.int32],
+    comps: list[int],
+    crops: list[npt.NDArray[np.uint8]],
+) -> tuple[int, list[tuple[int, int, BBox, int]]]:
+    """Lattice of a box or underline field from its components.
+
+    Components overlapping in x are one character (broken strokes, the dot of a j); a group
+    much wider than tall may be touching characters, so its pieces between ink minima are
+    offered alone and merged.
+    """
+    if not comps:
+        return 1, []
+    boxes = {c: BBox(*(int(v) for v in stats[c, :4])) for c in comps}
+    comps = sorted(comps, key=lambda c: boxes[c].x)
+    groups: list[list[int]] = []
+    for c in comps:
+        b = boxes[c]
+        if groups:
+            g = BBox.union(boxes[k] for k in groups[-1])
+            overlap = min(g.x2, b.x2) - max(g.x, b.x)
+            if overlap > 0.5 * min(g.w, b.w):
+                groups[-1].append(c)
+                continue
+        groups.append([c])
+
+    heights = [BBox.union(boxes[k] for k in g).h for g in groups]
+    char_h = float(np.median(heights))
+    edges: list[tuple[int, int, BBox, int]] = []
+    node = 0
+    singles: list[tuple[int, list[int], BBox]] = []  # unsplit groups: start node, comps, box
+    for g in groups:
+        gb = BBox.union(boxes[k] for k in g)
+        parts = 1
+        if gb.w > SPLIT_ASPECT * max(gb.h, char_h):
+            parts = min(4, max(2, int(round(gb.w / (0.7 * max(gb.h, char_h))))))
+        if parts == 1:
+            crops.append(_crop(labels, g, gb, (gb.x, gb.x2)))
+            edges.append((node, node + 1, gb, len(crops) - 1))
+            singles.append((node, g, gb))
+            node += 1
+            continue
+        mask = np.isin(labels[gb.y : gb.y2, gb.x : gb.x2], g)
+        cuts = [0, *_split_cuts(mask, parts), gb.w]
+        n_pieces = len(cuts) - 1
+        for i in range(n_pieces):
+            for j in range(i + 1, n_pieces + 1):
+                c0, c1 = gb.x + cuts[i], gb.x + cuts[j]
+                crop = _crop(labels, g, gb, (c0, c1))
+                ink_cols = np.nonzero((crop < 128).any(axis=0))[0]
+                if ink_cols.size == 0:
+                    continue
+                ink_rows = np.nonzero((crop < 128).any(axis=1))[0]
+                box = BBox(
+                    gb.x + int(ink_cols[0]),
+                    gb.y + int(ink_rows[0]),
+                    int(ink_cols[-1] - ink_cols[0] + 1),
+                    int(ink_rows[-1] - ink_rows[0] + 1),
+                )
+                crops.append(crop)
+                edges.append((node + i, node + j, box, len(crops) - 1))
+        node += n_pieces
+    # Two neighbouring pieces may be one broken character (a 5 whose top came loose): offer
+    # the merge when together they are no wider than a character and nearly touch.
+    for (n0, g0, b0), (n1, g1, b1) in zip(singles[:-1], singles[1:], strict=True):
+        if n1 != n0 + 1:
+            continue
+        both = BBox.union([b0, b1])
+        if both.w <= MERGE_WIDTH * char_h and b1.x - b0.x2 <= MERGE_GAP * char_h:
+            crops.append(_crop(labels, g0 + g1, both, (both.x, both.x2)))
+            edges.append((n0, n1 + 1, both, len(crops) - 1))
+    return node + 1, edges
+
+
+def _prepare(
+    spec: FieldSpec,
+    labels: npt.NDArray[np.int32],
+    stats: npt.NDArray[np.int32],
+    comps_by_zone: Mapping[int, list[int]],
+    zone_ids: list[int],
+    crops: list[npt.NDArray[np.uint8]],
+) -> _Candidate:
+    cand = _Candidate(spec)
+    if spec.unreadable:
+        return cand
+    geo = spec.geometry
+    if geo.kind == "comb":
+        node = 0
+        for cell_idx, zid in enumerate(zone_ids):
+            comps = comps_by_zone.get(zid, [])
+            if not comps:
+                continue
+            box = BBox.union(BBox(*(int(v) for v in stats[c, :4])) for c in comps)
+            crops.append(_crop(labels, comps, box, (box.x, box.x2)))
+            cand.edges.append((node, node + 1, box, len(crops) - 1))
+            cand.cell_of_edge.append(cell_idx)
+            node += 1
+        cand.n_nodes = node + 1
+        return cand
+    comps = [c for zid in zone_ids for c in comps_by_zone.get(zid, [])]
+    cand.n_nodes, cand.edges = _free_field_lattice(labels, stats, comps, crops)
+    return cand
+
+
+def read_fields(
+    gray: npt.NDArray[np.uint8],
+    *,
+    charset: str = "digits",
+    template: Template | str | None = None,
+    classifier: Classifier | None = None,
+    classifiers: Mapping[str, Classifier] | None = None,
+    load: Callable[[str], Classifier] | None = None,
+) -> FormsResult:
+    """Find and read the form fields of a page.
+
+    gray: uint8 (H, W), dark ink on light paper, the page as loaded.
+    charset: charset of detected fields when there is no template.
+    template: a :class:`~hwr_batch.template.Template` or the path of a template JSON file;
+        fields then come from the template (registered to this scan) with their own charsets
+        and constraints.
+    classifier: model to use for fields whose charset is ``charset`` (saves a reload).
+    classifiers: models by charset name, overriding loading. ``load`` loads a model by charset
+        (default :func:`hwr_batch.load_classifier`).
+    """
+    import time
+
+    from hwr_batch import template as tmpl
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    g = np.asarray(gray)
+    if g.ndim == 3:
+        g = cv2.cvtColor(g, cv2.COLOR_BGR2GRAY)
+    g = g.astype(np.uint8)
+    shape = g.shape[:2]
+
+    ink0 = ink_mask(g)
+    angle = estimate_skew(ink0)
+    desk, m = rotate_page(g, angle)
+    ink = ink_mask(desk) if abs(angle) >= 0.05 else ink0
+    structure = detect_fields(ink)
+    timings["forms_detect"] = time.perf_counter() - t0
+
+    warnings: list[str] = []
+    specs: list[FieldSpec]
+    registration = None
+    if template is not None:
+        tpl = tmpl.load_template(template) if not isinstance(template, tmpl.Template) else template
+        specs, reg_warnings, registration = tmpl.fields_from_template(tpl, structure, shape)
+        warnings.extend(reg_warnings)
+    else:
+        specs = [
+            FieldSpec(f"field_{i:03d}", geo, Constraint(charset))
+            for i, geo in enumerate(structure.fields, start=1)
+        ]
+
+    t1 = time.perf_counter()
+    clean = clean_ink(ink, structure.lines, structure.line_width)
+    n_lab, labels, stats, _cent = cv2.connectedComponentsWithStats(clean, connectivity=8)
+    labels = labels.astype(np.int32)
+
+    # Zone map: every reading zone (comb cell, box interior, underline zone) gets an id.
+    zone_map = np.zeros(shape, np.int32)
+    zone_ids: list[list[int]] = []
+    zid = 0
+    for spec in specs:
+        ids = []
+        for cell in spec.geometry.cells:
+            zid += 1
+            c = _clip(cell, shape)
+            zone_map[c.y : c.y2, c.x : c.x2] = zid
+            ids.append(zid)
+        zone_ids.append(ids)
+    comp_zone = _component_zones(labels, n_lab, zone_map, zid)
+
+    # Specks: tiny components, and leftovers lying entirely in a border band.
+    comps_by_zone: dict[int, list[int]] = {}
+    zone_h = {z: 0 for z in range(1, zid + 1)}
+    for spec, ids in zip(specs, zone_ids, strict=True):
+        for z, cell in zip(ids, spec.geometry.cells, strict=True):
+            zone_h[z] = cell.h
+    for c in range(1, n_lab):
+        z = int(comp_zone[c])
+        if z == 0:
+            continue
+        area = int(stats[c, cv2.CC_STAT_AREA])
+        if area < max(3.0, SPECK_FRACTION * zone_h[z] ** 2):
+            continue
+        comps_by_zone.setdefault(z, []).append(c)
+
+    crops: list[npt.NDArray[np.uint8]] = []
+    cands = [
+        _prepare(spec, labels, stats, comps_by_zone, ids, crops)
+        for spec, ids in zip(specs, zone_ids, strict=True)
+    ]
+    timings["forms_segment"] = time.perf_counter() - t1
+
+    # One batch per model: every candidate of every field with that charset.
+    t2 = time.perf_counter()
+    probas: dict[int, tuple[npt.NDArray[np.float32], str]] = {}
+    by_charset: dict[str, list[int]] = {}
+    for cand in cands:
+        for _s, _e, _b, ci in cand.edges:
+            by_charset.setdefault(cand.spec.constraint.charset, []).append(ci)
+    for cs, idxs in by_charset.items():
+        clf = _model_for(cs, charset, classifier, classifiers, load)
+        batch = np.stack([normalize(crops[i]) for i in idxs])
+        p = clf.predict_proba(batch)
+        for row, i in enumerate(idxs):
+            probas[i] = (p[row], clf.labels)
+    timings["forms_classify"] = time.perf_counter() - t2
+
+    fields: list[Field] = []
+    for cand in cands:
+        fields.append(_decode_field(cand, probas, m, shape))
+    timings["forms_total"] = time.perf_counter() - t0
+    return FormsResult(tuple(fields), angle, tuple(warnings), timings, m, registration)
+
+
+def _model_for(
+    cs: str,
+    page_charset: str,
+    classifier: Classifier | None,
+    classifiers: Mapping[str, Classifier] | None,
+    load: Callable[[str], Classifier] | None,
+) -> Classifier:
+    if classifiers is not None and cs in classifiers:
+        return classifiers[cs]
+    if classifier is not None and (cs == page_charset or set(CHARSET_LABELS[cs]) <= set(
+        classifier.labels
+    )):
+        return classifier
+    if load is not None:
+        return load(cs)
+    from hwr_batch.classify import load_classifier
+
+    return load_classifier(cs)
+
+
+def _decode_field(
+    cand: _Candidate,
+    probas: Mapping[int, tuple[npt.NDArray[np.float32], str]],
+    m: npt.NDArray[np.float64],
+    shape: tuple[int, int],
+) -> Field:
+    """Decode one field's lattice and map its boxes back to the page as loaded."""
+    spec = cand.spec
+    inv = cv2.invertAffineTransform(m)
+    bbox = map_box(spec.geometry.bbox, inv, shape)
+    if spec.unreadable:
+        return Field(
+            spec.name, spec.geometry.kind, bbox, "", 0.0, (), True, spec.constraint.charset
+        )
+    if not cand.edges:
+        dec = decode_lattice(1, [], CHARSET_LABELS[spec.constraint.charset], spec.constraint)
+        chars: tuple[Char, ...] = ()
+    else:
+        labels = probas[cand.edges[0][3]][1]
+        edges = [Edge(s, e, probas[ci][0]) for s, e, _b, ci in cand.edges]
+        dec = decode_lattice(cand.n_nodes, edges, labels, spec.constraint)
+        chars = tuple(
+            _make_char(cand.edges[k][2], lab, pk, probas[cand.edges[k][3]], inv, shape)
+            for k, lab, pk in zip(dec.edges, dec.value, dec.char_probs, strict=True)
+        )
+    confidence = float(min(1.0, max(0.0, dec.confidence)))
+    review = (not dec.fits) or confidence < FIELD_MIN_CONFIDENCE
+    return Field(
+        spec.name,
+        spec.geometry.kind,
+        bbox,
+        dec.value,
+        confidence,
+        chars,
+        review,
+        spec.constraint.charset,
+    )
+
+
+def _make_char(
+    box: BBox,
+    label: str,
+    prob: float,
+    proba_labels: tuple[npt.NDArray[np.float32], str],
+    inv: npt.NDArray[np.float64],
+    shape: tuple[int, int],
+) -> Char:
+    from hwr_batch import defaults
+
+    p, labels = proba_labels
+    order = np.argsort(-p)[: defaults.TOP_K]
+    alts = [(label, float(min(1.0, max(0.0, prob))))]
+    alts += [(labels[int(k)], float(p[k])) for k in order if labels[int(k)] != label]
+    return Char(
+        map_box(box, inv, shape),
+        label,
+        float(min(1.0, max(0.0, prob))),
+        tuple(alts[: defaults.TOP_K]),
+    )
+
+
+__all__ = [
+    "FieldGeometry",
+    "FieldSpec",
+    "FormsResult",
+    "Structure",
+    "clean_ink",
+    "detect_fields",
+    "estimate_skew",
+    "ink_mask",
+    "map_box",
+    "read_fields",
+    "reading_order",
+    "rotate_page",
+    "rotation_matrix",
+]
