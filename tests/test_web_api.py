@@ -457,3 +457,19 @@ def test_bundled_digits_model_reads_a_page_and_a_drawn_number(
         assert body["method"] == "page" and body["text"] == "170"
         assert [ch["label"] for ch in body["chars"]] == ["1", "7", "0"]
         assert all(ch["crop"].startswith("data:image/png;base64,") for ch in body["chars"])
+
+
+def test_serve_binds_localhost_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from hwr_batch.cli import main
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    assert main(["serve", "--max-upload-mb", "2", "--max-pixels", "1000"]) == 0
+    (call,) = calls
+    assert call["host"] == "127.0.0.1" and call["port"] == 8000
+    cfg = call["app"].state.settings
+    assert cfg.max_upload_bytes == 2 * 2**20 and cfg.max_pixels == 1000
+    assert main(["serve", "--port", "0"]) == 2
+    assert len(calls) == 1

@@ -372,6 +372,70 @@ def test_uploading_a_page_draws_boxes_and_offers_downloads(
     assert rows[0].startswith("index,line,word,char") and len(rows) == 7
 
 
+@needs_reader
+def test_a_pdf_page_can_be_picked(server: Server, page: Any, tmp_path: Path) -> None:
+    pdf = tmp_path / "two pages.pdf"
+    first, second = digits_page(["1"]), digits_page(["70", "1"])
+    Image.fromarray(first).save(pdf, save_all=True, append_images=[Image.fromarray(second)])
+    page.goto(server.url + "/#scan")
+    page.set_input_files("#scan-file", str(pdf))
+    page.wait_for_selector('#scan-drop[data-status="done"]', timeout=30_000)
+    assert page.locator("#scan-page-wrap").is_visible()
+    assert page.locator("#scan-page option").count() == 2
+    assert page.locator("#scan-overlay .char-box").count() == 1
+    page.select_option("#scan-page", "2")
+    # (The page's CSP forbids eval, so wait with a locator, not wait_for_function.)
+    sync_api.expect(page.locator("#scan-overlay .char-box")).to_have_count(3, timeout=30_000)
+    assert "page 2 of 2" in page.locator("#scan-status").inner_text()
+
+
+def test_form_fields_in_the_result_are_drawn(server: Server, page: Any, tmp_path: Path) -> None:
+    """The page draws whatever fields /api/read returns (the forms reader fills them); the
+    answer is stubbed here so that this checks the page alone."""
+    doc = {
+        "schema": "hwr-batch/page/v1", "source": "form.png", "page": 1, "width": 900,
+        "height": 700, "charset": "digits", "skew_angle": 0.0, "text": "", "n_chars": 0,
+        "mean_confidence": None, "lines": [], "warnings": [],
+        "fields": [
+            {"name": "amount", "kind": "box", "charset": "digits", "bbox": [100, 100, 300, 80],
+             "value": "170", "confidence": 0.93, "needs_review": False, "chars": []},
+            {"name": "date", "kind": "comb", "charset": "digits", "bbox": [100, 300, 400, 80],
+             "value": "0107", "confidence": 0.41, "needs_review": True, "chars": []},
+        ],
+    }  # fmt: skip
+    seen: list[str] = []
+
+    def fake_read(route: Any) -> None:
+        seen.append(route.request.url)
+        route.fulfill(status=200, json=doc, headers={"X-Page-Count": "1"})
+
+    page.route("**/api/read?*", fake_read)
+    form = tmp_path / "form.png"
+    Image.fromarray(np.full((700, 900), 255, np.uint8)).save(form)
+    page.goto(server.url + "/#scan")
+    page.check("#scan-forms")
+    page.set_input_files("#scan-file", str(form))
+    page.wait_for_selector('#scan-drop[data-status="done"]', timeout=30_000)
+    assert "forms=true" in seen[-1]
+    assert page.locator("#scan-overlay .field-box").count() == 2
+    labels = page.locator("#scan-overlay .field-label").all_text_contents()
+    assert labels[0] == "amount: 170" and labels[1].startswith("date: 0107")
+    rows = page.locator("#scan-fields tbody tr")
+    assert rows.count() == 2
+    assert page.locator("#scan-fields td.review").inner_text() == "0107"
+
+
+def test_switching_the_charset_asks_the_other_model(server: Server, page: Any) -> None:
+    page.goto(server.url + "/#draw")
+    n = draw_strokes(page, HAND_DRAWN["1"])
+    prediction(page, n)
+    with page.expect_request(lambda r: "charset=letters" in r.url) as req:
+        page.click("text=Letters")
+    assert "/api/classify" in req.value.url
+    got = prediction(page, n)
+    assert got["text"] == "1"  # the test server's letters model is the template model too
+
+
 def test_a_bad_upload_shows_the_server_message(server: Server, page: Any, tmp_path: Path) -> None:
     bad = tmp_path / "notes.png"
     bad.write_text("this is not an image")
