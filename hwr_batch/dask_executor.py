@@ -27,8 +27,11 @@ installed raises BadArguments with the one line that says how to install it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -71,22 +74,41 @@ def parse_scheduler(spec: str, jobs: int | None = None) -> tuple[str, int | None
     )
 
 
+def _verbose() -> bool:
+    # The CLI's -v sets its logger to DEBUG; the executor has no other way to know.
+    return logging.getLogger("hwr-batch").isEnabledFor(logging.DEBUG)
+
+
 class PrepareWorker(WorkerPlugin):
     """Worker plugin: run ``initializer(init_arg)`` once in every worker process.
 
     The scheduler hands it to every worker, including those that join later (a restarted
     worker, a scaled-up cluster), so each one limits its threads and loads the model before its
     first task and keeps it for all the others.
+
+    ``ignore_sigint``: for the workers of our own LocalCluster only. They share this terminal's
+    process group, so Ctrl-C reaches them too; as in the local pool, the parent alone decides
+    how to stop (it cancels what is queued and closes the cluster). Workers of a cluster someone
+    else started keep their Ctrl-C.
     """
 
     name = "hwr-batch-prepare-worker"
 
-    def __init__(self, initializer: Callable[[Any], None], init_arg: Any) -> None:
+    def __init__(
+        self,
+        initializer: Callable[[Any], None] | None,
+        init_arg: Any,
+        ignore_sigint: bool = False,
+    ) -> None:
         self.initializer = initializer
         self.init_arg = init_arg
+        self.ignore_sigint = ignore_sigint
 
     def setup(self, worker: Any) -> None:
-        self.initializer(self.init_arg)
+        if self.ignore_sigint and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.initializer is not None:
+            self.initializer(self.init_arg)
 
 
 class DaskExecutor:
@@ -134,6 +156,9 @@ class DaskExecutor:
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
+                    # Restarts and cancellations are routine here and the batch reports what
+                    # matters (a page that failed); Dask's own warnings only with -v.
+                    silence_logs=logging.DEBUG if _verbose() else logging.ERROR,
                 )
             self._client = distributed.Client(self._cluster)
         else:
@@ -152,8 +177,9 @@ class DaskExecutor:
                 raise BadArguments(
                     f"--scheduler {scheduler}: no worker joined within {wait_for_workers_s:g} s"
                 ) from exc
-            if initializer is not None:
-                self._client.register_plugin(PrepareWorker(initializer, init_arg))
+            if initializer is not None or kind == "local":
+                plugin = PrepareWorker(initializer, init_arg, ignore_sigint=kind == "local")
+                self._client.register_plugin(plugin)
             self.workers = max(1, self._count_threads())
             self._note_departures(force=True)
         except BaseException:
