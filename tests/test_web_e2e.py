@@ -425,6 +425,26 @@ def test_form_fields_in_the_result_are_drawn(server: Server, page: Any, tmp_path
     assert page.locator("#scan-fields td.review").inner_text() == "0107"
 
 
+def test_drawing_with_a_finger_works_too(server: Server, browser: Any) -> None:
+    """Touch input, sent as real touch events through the DevTools protocol."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 820}, has_touch=True)
+    try:
+        pg = ctx.new_page()
+        pg.goto(server.url + "/#draw")
+        box = pg.locator("#draw-canvas").bounding_box()
+        sx, sy = box["width"] / 600, box["height"] / 300
+        cdp = ctx.new_cdp_session(pg)
+        (stroke,) = HAND_DRAWN["7"]
+        for i, (x, y) in enumerate(stroke):
+            kind = "touchStart" if i == 0 else "touchMove"
+            point = {"x": box["x"] + x * sx, "y": box["y"] + y * sy, "id": 1}
+            cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [point]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        assert prediction(pg, 1)["text"] == "7"
+    finally:
+        ctx.close()
+
+
 def test_switching_the_charset_asks_the_other_model(server: Server, page: Any) -> None:
     page.goto(server.url + "/#draw")
     n = draw_strokes(page, HAND_DRAWN["1"])
