@@ -40,6 +40,46 @@ WEB_MAX_PIXELS = 40_000_000
 #: than oversubscribe the cores.
 WEB_MAX_CONCURRENT = 2
 
+# --- Page reader (preprocess / segment / assemble) -------------------------------------------
+
+#: Page analysis (background, skew, text height) runs on a copy downscaled to about this many
+#: pixels on the long side: ~900 px keeps a 300 dpi character 15-25 px tall, plenty for those
+#: estimates, at a sixteenth of the full page's cost.
+ANALYSIS_SIDE = 900
+#: Background closing size at full resolution: wider than any stroke or small loop filled with
+#: ink (6-20 px at 300 dpi), narrower than the shading it must follow.
+BACKGROUND_KERNEL_PX = 61
+#: A page whose 90th-percentile brightness is under this has no paper to speak of (a black
+#: frame, a lens cap): it is reported empty rather than thresholded into noise.
+DARK_PAGE_LEVEL = 60
+#: Ink must be at least this much darker (0-255) than the flattened paper: the contrast floor that
+#: keeps Otsu from splitting a blank, noisy page into "ink" and paper.
+MIN_INK_CONTRAST = 40
+#: Skew search range (degrees); the issue asks for +-10.
+MAX_SKEW_DEG = 10.0
+#: Rotations smaller than this are not applied: 0.1 deg moves the end of a 2,000 px line by
+#: 3.5 px, under a stroke width, and skipping the warp saves its cost.
+MIN_DESKEW_DEG = 0.1
+#: Ink pixels sampled for the skew profile: the projection's shape is stable long before this.
+SKEW_MAX_POINTS = 60_000
+#: Tiles per side used to decide between Otsu and Sauvola.
+BINARIZE_TILES = 6
+#: Sauvola is chosen when the Otsu thresholds of the page's inked tiles spread over more than
+#: this (0-255): flattening left uneven contrast that one global threshold cannot serve.
+TILE_THRESHOLD_SPREAD = 45.0
+#: Sauvola window (full-resolution px) and k: a window of about two characters, the usual k for
+#: handwriting on paper.
+SAUVOLA_WINDOW_PX = 101
+SAUVOLA_K = 0.2
+#: A ruled line or box border is a straight run of ink at least this many text heights long
+#: (no handwritten stroke is that long and straight) ...
+LINE_MIN_LENGTH_TEXT_HEIGHTS = 3.0
+#: ... and never shorter than this (px), so a page with tiny text does not lose its strokes.
+LINE_MIN_LENGTH_PX = 60
+#: Gap bridged across a removed line to restore a crossing stroke, in text heights: thicker
+#: than a ruled line (2-5 px at 300 dpi), thinner than the gap between two lines of text.
+LINE_BRIDGE_TEXT_HEIGHTS = 0.15
+
 #: Dask (--scheduler): worker deaths a task may cause before the scheduler fails it with
 #: KilledWorker (its ``allowed-failures``). One death can be bad luck (a node reclaimed, a
 #: neighbour's memory spike) and is retried on another worker; a third death in a row is the
@@ -53,3 +93,58 @@ DASK_TASK_RETRIES = 1
 #: Dask: seconds to wait for the scheduler to answer and for a first worker to join; a cluster
 #: that is scaling up from zero (Kubernetes pods being scheduled) needs tens of seconds.
 DASK_WAIT_FOR_WORKERS_S = 60.0
+#: Components smaller than this (text heights) on both sides are specks: scanner dust, JPEG
+#: ringing, paper grain. A full stop at 300 dpi is larger than 0.08 of a 60-px character.
+SPECK_TEXT_HEIGHTS = 0.08
+#: After merging, a group under this size (text heights) on both sides is noise (a stray mark,
+#: a dot with no stem to join).
+NOISE_MIN_SIZE = 0.25
+#: Blobs taller than this many text heights are not characters (a stamp, a photo, a margin).
+NOISE_MAX_H = 3.0
+#: A page with more components than this is mostly noise; only the largest are segmented.
+MAX_COMPONENTS = 5000
+#: Fragment merging (in text heights / fractions): the union of merged pieces must stay within
+#: one character's size ...
+MERGE_MAX_H = 1.5
+MERGE_MAX_W = 1.6
+#: ... pieces stacked vertically overlap by this fraction of the narrower's width and are
+#: separated by at most this vertical gap (the top bar of a 5, the dot of an i) ...
+MERGE_X_OVERLAP = 0.4
+MERGE_Y_GAP = 0.3
+#: ... pieces side by side (a stroke broken by a pen lift or a faint scan) are separated by at
+#: most a hair-line gap, overlap vertically, and together are no wider than one character.
+MERGE_X_GAP = 0.06
+MERGE_Y_OVERLAP = 0.6
+MERGE_BESIDE_MAX_W = 0.9
+#: Groups wider than this times max(height, text height) may be touching characters and go to
+#: the split search (which may keep them whole).
+SPLIT_MIN_ASPECT = 0.95
+#: Typical character width (text heights), for the even cut candidates.
+SPLIT_CHAR_WIDTH = 0.65
+#: Pieces narrower / wider than this (text heights) are not considered as one character.
+SPLIT_MIN_PIECE = 0.15
+SPLIT_MAX_PIECE = 1.3
+#: Cut candidates kept per wide group (the pieces to score grow with the square of it).
+SPLIT_MAX_CUTS = 7
+#: Cost (nats of -log confidence) of each extra piece: a split must buy that much confidence.
+SPLIT_PENALTY = 0.4
+#: Cost per unit of width/height above 1 of a piece.
+SPLIT_WIDE_COST = 3.0
+#: Line grouping: a character joins a line when its vertical centre is within this many text
+#: heights of the line's centre.
+LINE_CENTER_TOLERANCE = 0.5
+#: Word breaks: a gap wider than max(WORD_GAP_TEXT_HEIGHTS * text height, WORD_GAP_MEDIAN_FACTOR *
+#: the median gap between characters of the page) starts a new word.
+WORD_GAP_TEXT_HEIGHTS = 0.45
+WORD_GAP_MEDIAN_FACTOR = 2.5
+#: A fragment (longest side under FRAGMENT_MAX_SIZE text heights) joins a neighbour within
+#: FRAGMENT_GAP text heights in both directions, if the union still fits one character.
+FRAGMENT_MAX_SIZE = 0.45
+FRAGMENT_GAP = 0.15
+#: A split piece shorter than SPLIT_MIN_HEIGHT of its group's height pays SPLIT_SHORT_COST per
+#: unit of the shortfall: touching characters are side by side, each about as tall as the group.
+SPLIT_MIN_HEIGHT = 0.7
+SPLIT_SHORT_COST = 6.0
+#: Flat components no taller than this (text heights, at least 2 px) and three times as wide are
+#: slivers of a faint ruled line, not pen strokes (a pen at 300 dpi draws 3 px or more).
+SLIVER_TEXT_HEIGHTS = 0.035

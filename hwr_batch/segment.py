@@ -1,0 +1,413 @@
+"""Segment stage: a preprocessed page -> one 28x28 model input per character.
+
+1. connected components of the ink mask (8-connected);
+2. fragments of one character are merged: pieces stacked one above the other (the detached
+   top of a 5, the dot of an i or j) and pieces side by side across a hair-line gap (a broken
+   stroke);
+3. noise is dropped relative to the page's own text height: specks, and blobs far taller than
+   any character;
+4. groups wider than one character are split by recognition: candidate cuts come from the
+   column profile and the upper and lower contours, every candidate piece is scored by the
+   classifier in one batch, and the cheapest path through the cuts (sum of -log confidence plus
+   a penalty per extra piece) wins; so "000" written in one stroke becomes three zeros;
+5. each character is cut from the deskewed gray page with only its own ink (neighbours blanked)
+   and normalised with :func:`hwr_batch.normalize.normalize`.
+
+Boxes are on the deskewed canvas of :class:`~hwr_batch.preprocess.Preprocessed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from hwr_batch import defaults
+from hwr_batch.normalize import normalize
+from hwr_batch.preprocess import Preprocessed
+
+#: Scores model inputs: float32 (N, 28, 28) -> class probabilities float32 (N, C).
+Scorer = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+
+_DILATE = np.ones((3, 3), np.uint8)
+
+
+@dataclass(frozen=True)
+class CharCandidate:
+    """One character found on the page.
+
+    bbox: (x, y, w, h) of its ink on the deskewed canvas.
+    image: float32 (28, 28) in [0, 1], the normalised model input.
+    proba: class probabilities when the split search already scored this piece, else None.
+    """
+
+    bbox: tuple[int, int, int, int]
+    image: npt.NDArray[np.float32]
+    proba: npt.NDArray[np.float32] | None = None
+
+
+@dataclass
+class Segmentation:
+    """The characters of a page (unordered) and what was done to find them."""
+
+    chars: list[CharCandidate]
+    text_height: float
+    n_components: int = 0
+    n_noise: int = 0
+    n_merged: int = 0
+    n_split: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        p = self.parent
+        root = i
+        while p[root] != root:
+            root = p[root]
+        while p[i] != root:
+            p[i], i = root, p[i]
+        return int(root)
+
+    def union(self, i: int, j: int) -> bool:
+        a, b = self.find(i), self.find(j)
+        if a == b:
+            return False
+        self.parent[max(a, b)] = min(a, b)
+        return True
+
+
+def merge_fragments(stats: npt.NDArray[np.int32], text_h: float) -> list[list[int]]:
+    """Group component indices that belong to one character.
+
+    stats: int (N, 4) x, y, w, h of each component. Returns groups of indices (into stats).
+    Two pieces merge when (a) one is stacked over the other: their columns overlap by at least
+    MERGE_X_OVERLAP of the narrower one and the vertical gap is under MERGE_Y_GAP text heights;
+    or (b) they sit side by side across a gap under MERGE_X_GAP text heights with their rows
+    overlapping by MERGE_Y_OVERLAP of the shorter one. Either way the union must stay the size
+    of one character (MERGE_MAX_H x MERGE_MAX_W text heights).
+    """
+    n = len(stats)
+    uf = _UnionFind(n)
+    if n < 2:
+        return [[i] for i in range(n)]
+    x = stats[:, 0].astype(np.float64)
+    y = stats[:, 1].astype(np.float64)
+    w = stats[:, 2].astype(np.float64)
+    h = stats[:, 3].astype(np.float64)
+    x2, y2 = x + w, y + h
+    # Pairwise geometry, (N, N). A page has a few hundred components, so this is cheap.
+    x_ov = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x[:, None], x[None, :])
+    y_ov = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y[:, None], y[None, :])
+    min_w = np.minimum(w[:, None], w[None, :])
+    min_h = np.minimum(h[:, None], h[None, :])
+    uw = np.maximum(x2[:, None], x2[None, :]) - np.minimum(x[:, None], x[None, :])
+    uh = np.maximum(y2[:, None], y2[None, :]) - np.minimum(y[:, None], y[None, :])
+    fits = (uh <= defaults.MERGE_MAX_H * text_h) & (uw <= defaults.MERGE_MAX_W * text_h)
+    stacked = (x_ov >= defaults.MERGE_X_OVERLAP * min_w) & (-y_ov <= defaults.MERGE_Y_GAP * text_h)
+    beside = (
+        (-x_ov <= defaults.MERGE_X_GAP * text_h)
+        & (y_ov >= defaults.MERGE_Y_OVERLAP * min_h)
+        & (uw <= defaults.MERGE_BESIDE_MAX_W * text_h)
+    )
+    # A small fragment (a detached bar, a dot, the tail of a broken 8) may sit a little
+    # further away than a hair-line crack between two big pieces.
+    small = np.maximum(w, h) < defaults.FRAGMENT_MAX_SIZE * text_h
+    near = (-x_ov <= defaults.FRAGMENT_GAP * text_h) & (-y_ov <= defaults.FRAGMENT_GAP * text_h)
+    fragment = near & (small[:, None] | small[None, :])
+    cand = fits & (stacked | beside | fragment)
+    np.fill_diagonal(cand, False)
+    ii, jj = np.nonzero(np.triu(cand))
+    # Closest pairs first, so a fragment joins its nearest neighbour.
+    dist = np.maximum(-x_ov, 0) + np.maximum(-y_ov, 0)
+    order = np.argsort(dist[ii, jj], kind="stable")
+    # Bounding box of each current group, indexed by its root.
+    gx0, gy0, gx1, gy1 = x.copy(), y.copy(), x2.copy(), y2.copy()
+    max_h, max_w = defaults.MERGE_MAX_H * text_h, defaults.MERGE_MAX_W * text_h
+    for k in order:
+        ri, rj = uf.find(int(ii[k])), uf.find(int(jj[k]))
+        if ri == rj:
+            continue
+        # The union of the two current groups, not just of the pair, must fit one character.
+        ux0, uy0 = min(gx0[ri], gx0[rj]), min(gy0[ri], gy0[rj])
+        ux1, uy1 = max(gx1[ri], gx1[rj]), max(gy1[ri], gy1[rj])
+        if uy1 - uy0 <= max_h and ux1 - ux0 <= max_w:
+            uf.union(ri, rj)
+            r = uf.find(ri)
+            gx0[r], gy0[r], gx1[r], gy1[r] = ux0, uy0, ux1, uy1
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(uf.find(i), []).append(i)
+    return list(groups.values())
+
+
+def _cut_candidates(mask: npt.NDArray[np.bool_], text_h: float) -> list[int]:
+    """Candidate cut columns of a wide group's mask (h, w).
+
+    Valleys of the column profile, of the upper contour (top ink row, a valley is where it
+    dips) and of the lower contour, plus evenly spaced cuts for the expected number of
+    characters; near-duplicates removed, at most SPLIT_MAX_CUTS.
+    """
+    h, w = mask.shape
+    has = mask.any(axis=0)
+    col = mask.sum(axis=0).astype(np.float64)
+    top = np.where(has, mask.argmax(axis=0), h).astype(np.float64)
+    bottom = np.where(has, h - 1 - mask[::-1].argmax(axis=0), 0).astype(np.float64)
+    k = max(3, int(0.08 * text_h) | 1)
+    kern = np.ones(k) / k
+    margin = max(2, int(defaults.SPLIT_MIN_PIECE * text_h))
+
+    def valleys(sig: npt.NDArray[np.float64]) -> list[tuple[float, int]]:
+        s = np.convolve(sig, kern, mode="same")
+        out = []
+        for c in range(margin, w - margin):
+            lo, hi = max(0, c - k), min(w, c + k + 1)
+            if s[c] <= s[lo:hi].min() + 1e-9:
+                out.append((float(s[c]), c))
+        return out
+
+    scored: list[tuple[float, int]] = []
+    # Rank every valley by how deep it is relative to the group's typical value.
+    for sig, scale in ((col, max(col.max(), 1.0)), (-top, float(h)), (bottom, float(h))):
+        for v, c in valleys(sig):
+            scored.append(((v - float(sig.max())) / scale, c))
+    scored.sort()
+    n_exp = max(2, int(round(w / (defaults.SPLIT_CHAR_WIDTH * text_h))))
+    even = [int(round(w * i / n_exp)) for i in range(1, n_exp)]
+    cuts: list[int] = []
+    min_sep = max(2, int(defaults.SPLIT_MIN_PIECE * text_h))
+    for c in [c for _, c in scored] + even:
+        if margin <= c <= w - margin and all(abs(c - d) >= min_sep for d in cuts):
+            cuts.append(c)
+        if len(cuts) >= defaults.SPLIT_MAX_CUTS:
+            break
+    return sorted(cuts)
+
+
+@dataclass
+class _Group:
+    labels: list[int]
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def _group_crop(
+    gray: npt.NDArray[np.uint8],
+    label_img: npt.NDArray[np.int32],
+    ink: npt.NDArray[np.bool_],
+    g: _Group,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+    """Gray crop of a group with every pixel that is not its ink (or a 1-px rim) set to paper.
+
+    Returns (gray crop uint8 (h, w) with neighbours blanked, the group's ink mask (h, w)).
+    """
+    sl = (slice(g.y, g.y + g.h), slice(g.x, g.x + g.w))
+    lab = label_img[sl]
+    own = np.isin(lab, g.labels) if len(g.labels) > 1 else lab == g.labels[0]
+    rim = cv2.dilate(own.view(np.uint8), _DILATE).astype(bool)
+    keep = rim & ~(ink[sl] & ~own)
+    crop = np.where(keep, gray[sl], np.uint8(255)).astype(np.uint8)
+    return crop, own
+
+
+def _piece(
+    crop: npt.NDArray[np.uint8], own: npt.NDArray[np.bool_], a: int, b: int
+) -> tuple[npt.NDArray[np.uint8], tuple[int, int, int, int]] | None:
+    """Columns [a, b) of a group crop trimmed to its ink: (crop, (dx, dy, w, h)) or None."""
+    m = own[:, a:b]
+    rows = np.flatnonzero(m.any(axis=1))
+    cols = np.flatnonzero(m.any(axis=0))
+    if len(rows) == 0:
+        return None
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    c0, c1 = a + int(cols[0]), a + int(cols[-1]) + 1
+    sub = crop[r0:r1, c0:c1].copy()
+    # Ink of this group outside the cut columns is another character: blank it.
+    return sub, (c0, r0, c1 - c0, r1 - r0)
+
+
+def segment(
+    prep: Preprocessed,
+    scorer: Scorer | None = None,
+    region: tuple[int, int, int, int] | None = None,
+) -> Segmentation:
+    """Find the characters of a preprocessed page.
+
+    prep: the page. scorer: class probabilities for (N, 28, 28) inputs, used to choose cuts
+    through touching characters; without it wide groups are cut evenly by their width.
+    region: (x, y, w, h) on the deskewed canvas; only components whose centre lies inside are
+    read (form fields).
+    """
+    th = prep.text_height
+    seg = Segmentation(chars=[], text_height=th)
+    if th <= 0 or not prep.ink.any():
+        return seg
+    ink = prep.ink
+    n, label_img, stats_all, _ = cv2.connectedComponentsWithStats(
+        ink.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    stats = stats_all[1:, :4]
+    ids = np.arange(1, n)
+    seg.n_components = len(ids)
+    if region is not None:
+        rx, ry, rw, rh = region
+        cx = stats[:, 0] + stats[:, 2] / 2
+        cy = stats[:, 1] + stats[:, 3] / 2
+        inside = (cx >= rx) & (cx < rx + rw) & (cy >= ry) & (cy < ry + rh)
+        stats, ids = stats[inside], ids[inside]
+    # Tiny specks can neither be characters nor fragments worth keeping; dropping them before
+    # the pairwise merge keeps it small on noisy pages.
+    area = stats_all[ids, cv2.CC_STAT_AREA]
+    speck = (np.maximum(stats[:, 2], stats[:, 3]) < defaults.SPECK_TEXT_HEIGHTS * th) | (
+        area < (defaults.SPECK_TEXT_HEIGHTS * th) ** 2 / 4
+    )
+    # Slivers thinner than any pen stroke are what is left of a faint ruled line.
+    sliver = (stats[:, 3] <= max(2.0, defaults.SLIVER_TEXT_HEIGHTS * th)) & (
+        stats[:, 2] >= 3 * stats[:, 3]
+    )
+    huge = stats[:, 3] > defaults.NOISE_MAX_H * th
+    keep = ~speck & ~sliver & ~huge
+    seg.n_noise = int(np.count_nonzero(~keep))
+    if np.count_nonzero(huge):
+        seg.warnings.append(
+            f"{int(np.count_nonzero(huge))} blob(s) taller than {defaults.NOISE_MAX_H:g} text "
+            "heights ignored"
+        )
+    stats, ids = stats[keep], ids[keep]
+    if len(ids) > defaults.MAX_COMPONENTS:
+        seg.warnings.append(f"{len(ids)} components: page too noisy, kept the largest")
+        top = np.argsort(-(stats[:, 2] * stats[:, 3]))[: defaults.MAX_COMPONENTS]
+        stats, ids = stats[top], ids[top]
+
+    groups_idx = merge_fragments(stats, th)
+    groups: list[_Group] = []
+    for members in groups_idx:
+        s = stats[members]
+        x0, y0 = int(s[:, 0].min()), int(s[:, 1].min())
+        x1 = int((s[:, 0] + s[:, 2]).max())
+        y1 = int((s[:, 1] + s[:, 3]).max())
+        g = _Group([int(ids[m]) for m in members], x0, y0, x1 - x0, y1 - y0)
+        # A group small in both directions after merging is noise (a stray mark, a dot with no
+        # stem).
+        if max(g.w, g.h) < defaults.NOISE_MIN_SIZE * th:
+            seg.n_noise += 1
+            continue
+        groups.append(g)
+        if len(members) > 1:
+            seg.n_merged += len(members) - 1
+
+    heights = np.array([g.h for g in groups], np.float64)
+    gray = prep.gray
+    wide: list[tuple[_Group, npt.NDArray[np.uint8], npt.NDArray[np.bool_], list[int]]] = []
+    for g in groups:
+        crop, own = _group_crop(gray, label_img, ink, g)
+        if g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th) and len(heights):
+            cuts = _cut_candidates(own, th)
+            if cuts:
+                wide.append((g, crop, own, cuts))
+                continue
+        seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), normalize(crop)))
+
+    if wide:
+        _split_wide(wide, th, scorer, seg)
+    return seg
+
+
+def _split_wide(
+    wide: Sequence[tuple[_Group, npt.NDArray[np.uint8], npt.NDArray[np.bool_], list[int]]],
+    th: float,
+    scorer: Scorer | None,
+    seg: Segmentation,
+) -> None:
+    """Choose cuts for every wide group with one batched scoring call."""
+    min_w = defaults.SPLIT_MIN_PIECE * th
+    max_w = defaults.SPLIT_MAX_PIECE * th
+    # Every piece between two cut points (the group's edges included) that has a plausible
+    # width, for all groups at once.
+    pieces: list[tuple[int, int, int, tuple[int, int, int, int]]] = []  # group, a, b, box
+    images: list[npt.NDArray[np.float32]] = []
+    for gi, (g, crop, own, cuts) in enumerate(wide):
+        points = [0, *cuts, g.w]
+        for i in range(len(points)):
+            for j in range(i + 1, len(points)):
+                a, b = points[i], points[j]
+                whole = i == 0 and j == len(points) - 1
+                if not whole and not min_w <= b - a <= max_w:
+                    continue
+                cut = _piece(crop, own, a, b)
+                if cut is None:
+                    continue
+                sub, box = cut
+                pieces.append((gi, i, j, box))
+                images.append(normalize(sub))
+    if not images:
+        return
+    batch = np.stack(images)
+    if scorer is not None:
+        proba = scorer(batch)
+        conf = proba.max(axis=1)
+    else:
+        proba = None
+        conf = np.ones(len(batch), np.float32)
+    cost = -np.log(np.clip(conf, 1e-6, 1.0))
+    by_group: dict[int, list[int]] = {}
+    for k, (gi, _, _, _) in enumerate(pieces):
+        by_group.setdefault(gi, []).append(k)
+    for gi, (g, _, _, cuts) in enumerate(wide):
+        ks = by_group.get(gi, [])
+        n_pts = len(cuts) + 2
+        best = np.full(n_pts, np.inf)
+        back = np.full(n_pts, -1)
+        best[0] = 0.0
+        edges: dict[int, list[int]] = {}
+        for k in ks:
+            edges.setdefault(pieces[k][2], []).append(k)
+        for j in range(1, n_pts):
+            for k in edges.get(j, []):
+                i = pieces[k][1]
+                if scorer is None:
+                    # No classifier: prefer pieces about one character wide.
+                    wdt = pieces[k][3][2] / th
+                    c = abs(wdt - defaults.SPLIT_CHAR_WIDTH)
+                else:
+                    c = float(cost[k])
+                c += defaults.SPLIT_PENALTY if i > 0 else 0.0
+                # A piece much shorter than its group is a slice of a character, not one.
+                c += defaults.SPLIT_SHORT_COST * max(
+                    0.0, defaults.SPLIT_MIN_HEIGHT - pieces[k][3][3] / g.h
+                )
+                # Handwritten characters are rarely wider than tall: a wide piece pays for it,
+                # which keeps two touching characters from passing as one confident guess.
+                _, _, pw, ph = pieces[k][3]
+                c += defaults.SPLIT_WIDE_COST * max(0.0, pw / max(ph, 0.8 * th) - 1.0)
+                if best[i] + c < best[j]:
+                    best[j] = best[i] + c
+                    back[j] = k
+        if not np.isfinite(best[-1]):
+            continue
+        path = []
+        j = n_pts - 1
+        while j > 0:
+            k = int(back[j])
+            path.append(k)
+            j = pieces[k][1]
+        path.reverse()
+        if len(path) > 1:
+            seg.n_split += len(path) - 1
+        for k in path:
+            dx, dy, w, h = pieces[k][3]
+            seg.chars.append(
+                CharCandidate(
+                    (g.x + dx, g.y + dy, w, h),
+                    images[k],
+                    None if proba is None else proba[k],
+                )
+            )
