@@ -269,9 +269,15 @@ def test_bad_inputs_each_get_one_error_row(tmp_path: Path, model: str) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     expected = make_bad_inputs(src)
     save_png(src / "good.png", 7)
+    # Blank and all-black pages are not errors: they are read, with no characters.
+    cv2.imwrite(str(src / "blank.png"), np.full((200, 300), 255, np.uint8))
+    cv2.imwrite(str(src / "black.png"), np.zeros((200, 300), np.uint8))
     (src / "odd.xyz").write_text("not listed: unsupported suffix inside a folder")
     report = batch.run_batch([str(src)], str(out), _opts(model), jobs=2)
-    assert report.pages_read == 1
+    assert report.pages_read == 3
+    for name in ("blank.png", "black.png"):
+        doc = json.loads((out / f"{name}.p001.json").read_text("utf-8"))
+        assert doc["n_chars"] == 0 and doc["text"] == ""
     errors = read_csv(out / "errors.csv")
     assert sorted(Path(r["file"]).name for r in errors) == sorted(expected)
     for row in errors:
@@ -279,11 +285,12 @@ def test_bad_inputs_each_get_one_error_row(tmp_path: Path, model: str) -> None:
         assert row["reason"] and "\n" not in row["reason"]
     summary = read_csv(out / "summary.csv")
     assert sorted((Path(r["file"]).name, r["status"]) for r in summary) == sorted(
-        [(n, "failed") for n in expected] + [("good.png", "read")]
+        [(n, "failed") for n in expected]
+        + [(n, "read") for n in ("good.png", "blank.png", "black.png")]
     )
     # Failed inputs are retried by the next run (they have no JSON), and fail again.
     report = batch.run_batch([str(src)], str(out), _opts(model), jobs=1)
-    assert (report.pages_read, report.pages_kept, len(report.errors)) == (0, 1, 5)
+    assert (report.pages_read, report.pages_kept, len(report.errors)) == (0, 3, 5)
     assert len(read_csv(out / "errors.csv")) == 5
 
 
