@@ -48,14 +48,21 @@ def _source_of(group: str) -> str:
     return group.split("/", 1)[0]
 
 
-def load_npz(path: Path) -> LabeledImages:
-    """Read an .npz of ``images``, ``labels`` and (optionally) ``groups``."""
+def load_npz(path: Path, split: str = "train") -> LabeledImages:
+    """Read an .npz of labelled images.
+
+    Two layouts: ``images``, ``labels`` (and optionally ``groups``) for one set; or
+    ``training.sources.export_npz``'s ``train_*``/``test_*`` arrays, of which ``split`` picks one.
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
-            images = z["images"]
-            labels = z["labels"].astype(str)
-            groups = z["groups"].astype(str) if "groups" in z.files else None
-    except (OSError, ValueError, KeyError) as exc:
+            prefix = f"{split}_" if f"{split}_images" in z.files else ""
+            if not prefix and "train_images" in z.files:
+                raise DataError(f"{path}: no split {split!r} in this npz (train or test)")
+            images = z[f"{prefix}images"]
+            labels = z[f"{prefix}labels"].astype(str)
+            groups = z[f"{prefix}groups"].astype(str) if f"{prefix}groups" in z.files else None
+    except (OSError, ValueError, KeyError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz of images/labels ({exc})") from exc
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
@@ -71,33 +78,78 @@ def load_npz(path: Path) -> LabeledImages:
         raise DataError(f"{path}: {exc}") from exc
 
 
+def read_dataset_path(path: Path) -> LabeledImages:
+    """Any data set the readers of ``training.datasets`` support, chosen by its form.
+
+    A folder of class sub-folders; a Kaggle-format CSV (with or without header) or a CSV index
+    ``image,label`` of image files; an idx image file (``*-images-idx3-ubyte[.gz]``, its label
+    file found next to it); a USPS ``zip.*`` file.
+    """
+    from training import datasets
+
+    name = path.name.lower()
+    if path.is_dir():
+        return datasets.read_image_folder(path)
+    if name.endswith((".csv", ".csv.gz")):
+        with path.open("rb") as fh:
+            first_line = fh.readline(1 << 16)
+        # A Kaggle row has 784 or 785 fields; an image index has a few.
+        if name.endswith(".gz") or first_line.count(b",") >= 783:
+            return datasets.read_kaggle_csv(path)
+        return datasets.read_image_index(path)
+    if "idx3" in name:
+        labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
+        if labels == path or not labels.exists():
+            raise BadArguments(f"{path}: no label file {labels.name} next to it")
+        return datasets.read_idx(path, labels, transpose="emnist" in name)
+    if name.startswith("zip."):
+        return datasets.read_usps(path)
+    raise BadArguments(
+        f"{path}: unknown data set form (expected .npz, a folder of class folders, .csv, "
+        "idx or USPS zip.*)"
+    )
+
+
+def _split_spec(spec: str, split: str) -> tuple[str, str]:
+    """'digits:test' -> ('digits', 'test'); a spec without a split suffix keeps ``split``."""
+    base, sep, suffix = spec.rpartition(":")
+    if sep and base and suffix in ("train", "test"):
+        return base, suffix
+    return spec, split
+
+
 def load_source(spec: str, split: str = "train") -> LabeledImages:
     """Resolve a source spec (see module docstring) to labelled images.
 
-    ``split`` applies to recipe names only ("train" or "test"); ``name:split`` overrides it.
+    ``split`` ("train" or "test") applies to recipes and two-split .npz files; a ``:train`` or
+    ``:test`` suffix on the spec overrides it. Other data sets are read whole.
     """
+    spec, split = _split_spec(spec, split)
+    if spec in LABEL_SETS:
+        from training import sources
+
+        return sources.load_split(spec, split)
     path = Path(spec)
-    if spec in LABEL_SETS or (":" in spec and not path.exists()):
-        name, _, sp = spec.partition(":")
-        try:
-            from training import sources
-        except ImportError as exc:
-            raise BadArguments(
-                f"{spec}: training.sources is not available ({exc}); pass an .npz instead"
-            ) from exc
-        try:
-            return sources.load_split(name, sp or split)
-        except (KeyError, ValueError) as exc:
-            raise BadArguments(f"{spec}: unknown source or split ({exc})") from exc
     if not path.exists():
-        raise BadArguments(f"{spec}: no such file, folder or recipe")
+        raise BadArguments(f"{spec}: no such file, folder or recipe (digits, letters, alnum)")
     if path.suffix.lower() == ".npz":
-        return load_npz(path)
+        return load_npz(path, split)
+    return read_dataset_path(path)
+
+
+def has_test_split(spec: str) -> bool:
+    """True for recipes and two-split .npz files (their held-out split is the default test)."""
+    spec, _ = _split_spec(spec, "train")
+    if spec in LABEL_SETS:
+        return True
+    path = Path(spec)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return False
     try:
-        from training import datasets
-    except ImportError as exc:
-        raise BadArguments(f"{spec}: dataset readers are not available ({exc})") from exc
-    return datasets.read_dataset(path)  # type: ignore[no-any-return]
+        with np.load(path, allow_pickle=False) as z:
+            return "test_images" in z.files
+    except (OSError, ValueError):
+        return False
 
 
 def encode_labels(
@@ -427,7 +479,8 @@ def fit(cfg: FitConfig, log: Callable[[str], None] | None = None, quiet: bool = 
         "parameters": count_parameters(final),
     }
     datasets = sorted({_source_of(g) for g in data.groups[train_rows]})
-    tests = cfg.test or ([f"{cfg.source}:test"] if cfg.source in LABEL_SETS else [])
+    base_spec = _split_spec(cfg.source, "train")[0]
+    tests = cfg.test or ([f"{base_spec}:test"] if has_test_split(cfg.source) else [])
     if tests:
         final_dev = final.to(device)
         for spec in tests:
