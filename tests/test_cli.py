@@ -220,3 +220,37 @@ def test_ctrl_c_exits_130_and_leaves_a_resumable_state(tmp_path: Path, model: st
     assert rerun.returncode == 0, rerun.stderr
     assert len(page_jsons(out)) == n_pages
     assert [r["status"] for r in read_csv(out / "summary.csv")].count("kept") == done
+
+
+def test_progress_plain_lines_when_not_a_terminal() -> None:
+    import io
+
+    from hwr_batch.progress import NullProgress, PlainProgress, RichProgress, make_progress
+
+    stream = io.StringIO()
+    prog = make_progress(stream=stream)
+    assert isinstance(prog, PlainProgress)
+    assert isinstance(make_progress(quiet=True, stream=stream), NullProgress)
+    prog.interval = 0.0
+    prog.add_files(2)
+    prog.add_pages(3)
+    prog.page_done(40)
+    prog.page_done(0, skipped=True)
+    prog.file_done()
+    prog.page_done(0, failed=True)
+    prog.file_done()
+    prog.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("hwr-batch: files 0/2, pages 1/3 (0 failed)")
+    assert lines[-1].startswith("hwr-batch: files 2/2, pages 3/3 (1 failed)")
+    assert "chars/s" in lines[-1] and "ETA 00:00" in lines[-1]
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    rich_prog = make_progress(stream=Tty())
+    assert isinstance(rich_prog, RichProgress)
+    rich_prog.add_pages(1)
+    rich_prog.page_done(5)
+    rich_prog.close()
