@@ -63,6 +63,7 @@ const draw = {
   inflight: null,     // AbortController of the running request
   seq: 0,             // answers to older requests are dropped
   strokes: 0,         // finished strokes; an answer says which drawing it is for
+  lastSent: 0,        // performance.now() of the last request
 
   init() {
     this.canvas = $("#draw-canvas");
@@ -129,7 +130,9 @@ const draw = {
       this.last = p;
     }
     ctx.stroke();
-    this.schedule(350);
+    // While the pen keeps moving: an answer at most every 700 ms, and one 300 ms after a pause.
+    if (!this.inflight && performance.now() - this.lastSent > 700) this.schedule(0);
+    else this.schedule(300);
   },
 
   up(e) {
@@ -172,6 +175,7 @@ const draw = {
     this.inflight = controller;
     const seq = ++this.seq;
     const strokes = this.strokes;
+    this.lastSent = performance.now();
     const result = $("#draw-result");
     result.dataset.status = "busy";
     const blob = await new Promise((resolve) => this.canvas.toBlob(resolve, "image/png"));
