@@ -131,10 +131,10 @@ class RssMonitor(threading.Thread):
         self.interval = interval
         self.every = every
         self.report = MemoryReport()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> MemoryReport:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.report
 
@@ -148,7 +148,7 @@ class RssMonitor(threading.Thread):
         t0 = time.monotonic()
         next_sample = 0.0
         cmdlines: dict[int, bool] = {}
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             rss: dict[int, float] = {}
             try:
                 children = root.children(recursive=True)
@@ -173,7 +173,7 @@ class RssMonitor(threading.Thread):
                     RssSample(round(now, 2), _count_page_jsons(self.outdir), rss)
                 )
                 next_sample = now + self.every
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
 
 # ------------------------------------------------------------------------------------------
@@ -191,6 +191,10 @@ class RunResult:
     chars_read: int = 0
     memory: MemoryReport | None = None
     failed: int = 0
+    #: Seconds from launch to the first page written (process start, model load, first page).
+    first_page_s: float | None = None
+    #: Pages per second between the first and the last page written (start-up excluded).
+    steady_pages_per_s: float | None = None
 
 
 def run_cli(
@@ -217,6 +221,7 @@ def run_cli(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
+    wall0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     monitor = RssMonitor(proc.pid, outdir, every=rss_every)
     monitor.start()
@@ -229,12 +234,20 @@ def run_cli(
         )
     texts: dict[str, str] = {}
     chars = 0
+    written: list[float] = []
     for jpath in sorted(outdir.glob("*.p001.json")):
         res = PageResult.from_dict(json.loads(jpath.read_text(encoding="utf-8")))
         texts[Path(res.source).name] = res.text
         chars += len(res.chars)
+        written.append(jpath.stat().st_mtime - wall0)
     failed = sum(1 for _ in pages_dir.iterdir()) - len(texts)
-    return RunResult("hwr-batch", kind, len(texts), seconds, texts, chars, memory, failed)
+    run = RunResult("hwr-batch", kind, len(texts), seconds, texts, chars, memory, failed)
+    if written:
+        written.sort()
+        run.first_page_s = written[0]
+        if len(written) > 2 and written[-1] > written[0]:
+            run.steady_pages_per_s = (len(written) - 1) / (written[-1] - written[0])
+    return run
 
 
 # ------------------------------------------------------------------------------------------
@@ -341,6 +354,8 @@ class Score:
     seconds: float
     chars_read: int
     peak_rss_mb: float | None = None
+    first_page_s: float | None = None
+    steady_pages_per_s: float | None = None
 
     @property
     def cer(self) -> float:
@@ -393,6 +408,8 @@ def score_run(run: RunResult, truth: dict[str, str]) -> Score:
         run.seconds,
         run.chars_read,
         peak,
+        run.first_page_s,
+        run.steady_pages_per_s,
     )
 
 
@@ -415,15 +432,23 @@ def markdown_report(
         f"{meta['loadavg_start']}. Tesseract: {meta['tesseract'] or 'not run'}.",
         "",
         "| kind | reader | pages | failed | truth chars | CER | pages/s | chars/s "
-        "| peak RSS/worker MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| pages/s after 1st page | 1st page s | peak RSS/worker MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in scores:
         out.append(
             f"| {s.kind} | {s.reader} | {s.pages} | {s.failed} | {s.truth_chars} "
             f"| {100 * s.cer:.2f}% | {s.pages_per_s:.2f} | {s.chars_per_s:.0f} "
+            f"| {_fmt(s.steady_pages_per_s, '.2f')} | {_fmt(s.first_page_s, '.1f')} "
             f"| {_fmt(s.peak_rss_mb, '.0f')} |"
         )
+    out += [
+        "",
+        "pages/s and chars/s: pages (characters read) over the wall time of the whole run, "
+        "start-up included (hwr-batch: process start, model loading, every output written; "
+        "Tesseract: one process per page). CER: edit distance over truth characters, spaces "
+        "and line breaks not counted; a failed page counts as read empty.",
+    ]
     by_key = {(s.kind, s.reader): s for s in scores}
     ratio_rows = []
     for kind in dict.fromkeys(s.kind for s in scores):
@@ -697,9 +722,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{kind}: tesseract {theirs.pages} pages in {theirs.seconds:.1f} s",
                 file=sys.stderr,
             )
+    status = 0
     if args.stage_pages > 0:
         for kind in kinds:
-            stages[kind] = stage_seconds(kind, page_files[kind], args.stage_pages)
+            try:
+                stages[kind] = stage_seconds(kind, page_files[kind], args.stage_pages)
+            except Exception as exc:  # keep the figures already measured; say what failed
+                print(f"{kind}: stage timing failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                meta.setdefault("stage_errors", {})[kind] = f"{type(exc).__name__}: {exc}"
+                status = 1
     meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report = markdown_report(scores, stages, memory, meta)
     print(report)
@@ -721,7 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sub in ("pages", "hwr-batch"):
             shutil.rmtree(out / sub, ignore_errors=True)
     print(f"figures written to {out / 'bench_pages.json'}", file=sys.stderr)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
