@@ -473,3 +473,32 @@ def test_serve_binds_localhost_by_default(monkeypatch: pytest.MonkeyPatch) -> No
     assert cfg.max_upload_bytes == 2 * 2**20 and cfg.max_pixels == 1000
     assert main(["serve", "--port", "0"]) == 2
     assert len(calls) == 1
+
+
+LETTER_STROKES = {
+    "T": [((60, 50), (240, 50)), ((150, 50), (150, 260))],
+    "L": [((90, 40), (90, 260)), ((90, 260), (230, 260))],
+    "H": [((70, 40), (70, 260)), ((230, 40), (230, 260)), ((70, 150), (230, 150))],
+    "A": [((150, 30), (60, 270)), ((150, 30), (240, 270)), ((95, 180), (205, 180))],
+    "E": [((80, 40), (80, 260)), ((80, 40), (230, 40)), ((80, 150), (200, 150)),
+          ((80, 260), (230, 260))],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("charset", ["letters", "alnum"])
+def test_bundled_letter_models_read_drawn_capitals(charset: str) -> None:
+    from hwr_batch.classify import model_path as bundled
+    from hwr_batch.errors import ModelError
+
+    try:
+        bundled(charset)
+    except ModelError:
+        pytest.skip(f"hwr_batch/models/{charset}.onnx is not installed yet")
+    with TestClient(create_app()) as c:
+        for label, strokes in LETTER_STROKES.items():
+            img = np.full((300, 300), 255, np.uint8)
+            for p, q in strokes:
+                cv2.line(img, p, q, 0, 18)
+            r = c.post(f"/api/classify?charset={charset}", files=upload(png_bytes(img)))
+            assert r.status_code == 200
+            assert r.json()["text"] == label, r.json()["chars"][0]["top"]
