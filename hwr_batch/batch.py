@@ -348,6 +348,20 @@ def _rel_out(path: str, outdir: str) -> str:
     )
 
 
+def _list_names(folder: str) -> set[str]:
+    """Names of the files in a folder (plain path or URL); empty when it does not exist."""
+    if storage.is_url(folder):
+        return (
+            {PurePosixPath(p).name for p in storage.list_files(folder)}
+            if storage.is_dir(folder)
+            else set()
+        )
+    try:
+        return {p.name for p in Path(folder).iterdir()}
+    except OSError:
+        return set()
+
+
 def write_batch_files(
     outdir: str,
     errors: Sequence[TaskFailed],
@@ -377,8 +391,8 @@ def write_batch_files(
             reason = f"unreadable page JSON {_rel_out(jpath, outdir)} ({exc}); rerun with --force"
             error_rows.append([jpath, "", "UnreadableOutput", reason.splitlines()[0]])
             continue
-        confs = [r.char.confidence for r in rows]
-        low = [r for r in rows if r.char.confidence < min_confidence]
+        confs = [r.confidence for r in rows]
+        low = [r for r in rows if r.confidence < min_confidence]
         summary.append(
             [
                 source,
@@ -392,10 +406,13 @@ def write_batch_files(
             ]
         )
         review_dir = page_paths(stem)["review"]
+        review_rel = _rel_out(review_dir, outdir)
+        # One listing per page rather than one existence check per crop.
+        crops = _list_names(review_dir) if low else set()
         for r in low:
-            crop = storage.join(review_dir, export.review_crop_name(r.index))
-            if storage.exists(crop):
-                crop_rel = _rel_out(crop, outdir)
+            crop_name = export.review_crop_name(r.index)
+            if crop_name in crops:
+                crop_rel = f"{review_rel}/{crop_name}"
             else:
                 crop_rel = ""
                 missing_crops += 1

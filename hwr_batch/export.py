@@ -176,17 +176,38 @@ def iter_char_rows(result: PageResult) -> Iterator[CharRow]:
             index += 1
 
 
-def iter_dict_char_rows(doc: dict[str, Any]) -> Iterator[CharRow]:
-    """:func:`iter_char_rows` over an already-parsed page JSON (no full record rebuild)."""
+@dataclass(frozen=True, slots=True)
+class RawCharRow:
+    """A character of a parsed page JSON, left as its dict (building records for every
+    character of a large batch costs more than reading the JSON)."""
+
+    index: int
+    line: int | None
+    word: int | None
+    pos: int | None
+    field: str
+    raw: dict[str, Any]
+
+    @property
+    def confidence(self) -> float:
+        return float(self.raw["confidence"])
+
+    @property
+    def char(self) -> Char:
+        return Char.from_dict(self.raw)
+
+
+def iter_dict_char_rows(doc: dict[str, Any]) -> Iterator[RawCharRow]:
+    """The rows of :func:`iter_char_rows`, over an already-parsed page JSON."""
     index = 0
     for li, line in enumerate(doc.get("lines", [])):
         for wi, word in enumerate(line["words"]):
             for ci, ch in enumerate(word["chars"]):
-                yield CharRow(index, Char.from_dict(ch), li, wi, ci)
+                yield RawCharRow(index, li, wi, ci, "", ch)
                 index += 1
     for fld in doc.get("fields", []):
         for ch in fld["chars"]:
-            yield CharRow(index, Char.from_dict(ch), field=fld["name"])
+            yield RawCharRow(index, None, None, None, fld["name"], ch)
             index += 1
 
 
