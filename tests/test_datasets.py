@@ -180,8 +180,9 @@ def test_digit_recognizer_train_and_test(tmp_path):
         (",".join(["3"] + ["0.5"] + ["0"] * 783), r"line 3: column 2: '0.5' is not an integer"),
         (",".join(["C"] + ["0"] * 784), r"line 3: column 1: 'C' is not an integer"),
         (",".join(["3"] + ["300"] + ["0"] * 783), r"line 3: pixel 0 = 300 outside 0\.\.255"),
+        (",".join(["3", "1", ""] + ["0"] * 782), r"line 3: column 3 is empty"),
     ],
-    ids=["short", "long", "label26", "label-1", "float", "letter", "pixel300"],
+    ids=["short", "long", "label26", "label-1", "float", "letter", "pixel300", "blank"],
 )
 def test_kaggle_bad_rows_name_file_and_line(tmp_path, bad_line, message):
     path = write_az(tmp_path / "az.csv", [(0, "A"), (1, "B")])

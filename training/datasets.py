@@ -310,6 +310,45 @@ def _open_text(path: Path) -> io.TextIOBase:
     return path.open("r", encoding="utf-8", newline="")
 
 
+def _chunk_integers(
+    chunk: pd.DataFrame, path: Path, line: int, ncols: int
+) -> npt.NDArray[np.int64]:
+    """A parsed CSV chunk -> int64 (n, ncols), or DataError naming the first bad line.
+
+    pandas parses clean integer columns as int64 (fast: no per-cell Python); a column with a
+    blank field, a decimal or text comes back float or object, and only then is it searched.
+    """
+    if all(pd.api.types.is_integer_dtype(t) for t in chunk.dtypes):
+        return chunk.to_numpy(np.int64)
+    # Short rows and blank fields are NaN: a wrong column count.
+    missing = chunk.isna().to_numpy()
+    bad_row = missing.any(axis=1)
+    not_int = np.zeros(chunk.shape, bool)
+    for c, name in enumerate(chunk.columns):
+        col = chunk[name]
+        if pd.api.types.is_integer_dtype(col.dtype):
+            continue
+        as_num = pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
+        not_int[:, c] = ~np.isnan(as_num) & (as_num != np.round(as_num))
+        not_int[:, c] |= np.isnan(as_num) & ~missing[:, c]
+    bad_row |= not_int.any(axis=1)
+    rows = np.nonzero(bad_row)[0]
+    if not rows.size:
+        return chunk.to_numpy(np.float64).astype(np.int64)
+    r = int(rows[0])
+    if missing[r].any():
+        present = np.nonzero(~missing[r])[0]
+        found = int(present[-1]) + 1 if present.size else 0
+        if missing[r, found:].all() and not missing[r, :found].any():
+            raise DataError(f"{path}: line {line + r}: expected {ncols} columns, found {found}")
+        c = int(np.nonzero(missing[r, :found])[0][0])
+        raise DataError(f"{path}: line {line + r}: column {c + 1} is empty")
+    c = int(np.nonzero(not_int[r])[0][0])
+    value = chunk.iat[r, c]
+    text = value if isinstance(value, str) else str(getattr(value, "item", lambda: value)())
+    raise DataError(f"{path}: line {line + r}: column {c + 1}: {text!r} is not an integer")
+
+
 def iter_kaggle_csv(
     path: str | Path,
     *,
@@ -331,35 +370,15 @@ def iter_kaggle_csv(
         names=range(ncols),
         skiprows=skip,
         chunksize=chunk_rows,
-        dtype=str,
         engine="c",
         na_filter=True,
         skip_blank_lines=False,
+        low_memory=False,
     )
     line = 1 + skip
     try:
         for chunk in reader:
-            values = chunk.to_numpy()
-            # Blank fields and short rows come back as NaN: a wrong column count.
-            missing = pd.isna(chunk).to_numpy()
-            if missing.any():
-                r = int(np.nonzero(missing.any(axis=1))[0][0])
-                found = int((~missing[r]).sum())
-                raise DataError(f"{path}: line {line + r}: expected {ncols} columns, found {found}")
-            try:
-                nums = values.astype(np.int64)
-            except ValueError:
-                nums = None
-            if nums is None:
-                for r, row in enumerate(values):
-                    for c, v in enumerate(row):
-                        try:
-                            int(v)
-                        except ValueError:
-                            raise DataError(
-                                f"{path}: line {line + r}: column {c + 1}: {v!r} is not an integer"
-                            ) from None
-            assert nums is not None
+            nums = _chunk_integers(chunk, path, line, ncols)
             pixels = nums[:, 1:] if labeled else nums
             bad = np.nonzero((pixels < 0) | (pixels > 255))
             if bad[0].size:
