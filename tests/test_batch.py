@@ -361,3 +361,37 @@ def test_local_pool_executor_outcomes() -> None:
         while ex.in_flight():
             outcomes += ex.wait(timeout=5)
         assert [(o.key, o.value) for o in outcomes] == [("after", 16)]
+
+
+def test_force_on_a_page_that_now_fails_leaves_no_stale_result(tmp_path: Path, model: str) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    scan = save_png(src / "scan.png", 1)
+    save_png(src / "other.png", 2)
+    assert batch.run_batch([str(src)], str(out), _opts(model), jobs=1).pages_read == 2
+    scan.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    report = batch.run_batch([str(src)], str(out), _opts(model), jobs=1, force=True)
+    assert (report.pages_read, report.pages_failed) == (1, 1)
+    assert not (out / "scan.png.p001.json").exists()
+    summary = read_csv(out / "summary.csv")
+    assert [(Path(r["file"]).name, r["status"]) for r in summary] == [
+        ("other.png", "read"),
+        ("scan.png", "failed"),
+    ]
+
+
+def test_unsupported_file_named_explicitly_and_locked_outdir(tmp_path: Path, model: str) -> None:
+    from hwr_batch.errors import BadArguments
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    good = save_png(tmp_path / "good.png", 3)
+    out = tmp_path / "out"
+    report = batch.run_batch([str(notes), str(good)], str(out), _opts(model), jobs=1)
+    assert (report.pages_read, report.files_failed) == (1, 1)
+    errors = read_csv(out / "errors.csv")
+    assert [(Path(r["file"]).name, r["page"], r["error_type"]) for r in errors] == [
+        ("notes.txt", "", "UnsupportedInput")
+    ]
+    # A second run into a folder another run is writing to is refused before any work.
+    with batch._outdir_lock(str(out)), pytest.raises(BadArguments, match="another hwr-batch"):
+        batch.run_batch([str(good)], str(out), _opts(model), jobs=1)
