@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,20 @@ def output_files(outdir: Path) -> dict[str, bytes]:
     }
 
 
+def worker_pids(ex: DaskExecutor, n: int = 2) -> set[int]:
+    """PIDs of the cluster's worker processes once ``n`` are up (restarts settle first)."""
+    deadline = time.monotonic() + 60
+    while True:
+        ex.client.wait_for_workers(n, timeout=60)
+        try:
+            pids = set(ex.client.run(os.getpid).values())
+        except OSError:  # a worker left between the count and the call (CommClosedError)
+            pids = set()
+        if len(pids) == n or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.2)
+
+
 def test_parse_scheduler() -> None:
     assert parse_scheduler("local:3") == ("local", 3, None)
     assert parse_scheduler("local", jobs=5) == ("local", 5, None)
@@ -115,8 +130,8 @@ def test_same_outputs_byte_for_byte_as_local_pool(
     report = batch.run_batch([str(inputs)], str(out), options, executor=cluster)
     assert (report.pages_read, report.pages_failed) == (N_PAGES, 0)
     # Pages were read on the workers, not in this process.
-    worker_pids = set(cluster.client.run(os.getpid).values())
-    assert os.getpid() not in worker_pids and len(worker_pids) == 2
+    pids = worker_pids(cluster)
+    assert os.getpid() not in pids and len(pids) == 2
     got, want = output_files(out), output_files(local_run)
     assert sorted(got) == sorted(want)
     assert sum(name.endswith(".json") for name in got) == N_PAGES
@@ -195,7 +210,7 @@ def test_worker_killed_mid_batch_every_page_written_once(
     inputs: Path, options: batch.ReadOptions, cluster: DaskExecutor, local_run: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    pids_before = set(cluster.client.run(os.getpid).values())
+    pids_before = worker_pids(cluster)
     ex = FaultExecutor(cluster, ("doc.pdf", 2), _die_on_first_try)
     report = batch.run_batch([str(inputs)], str(out), options, executor=ex)  # type: ignore[arg-type]
     marker = out / "doc.pdf.p002.died"
@@ -203,7 +218,7 @@ def test_worker_killed_mid_batch_every_page_written_once(
     killed = int(marker.read_text())
     marker.unlink()
     assert killed in pids_before
-    assert killed not in set(cluster.client.run(os.getpid).values())
+    assert killed not in worker_pids(cluster)
     # The scheduler ran the page again on another worker: every page read exactly once as far
     # as the batch is concerned, none failed, none lost ...
     assert (report.pages_read, report.pages_kept, report.pages_failed) == (N_PAGES, 0, 0)
@@ -220,7 +235,7 @@ def test_input_that_always_kills_its_worker_is_one_error_row(
     inputs: Path, options: batch.ReadOptions, cluster: DaskExecutor, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    pids_before = set(cluster.client.run(os.getpid).values())
+    pids_before = worker_pids(cluster)
     ex = FaultExecutor(cluster, ("doc.pdf", 2), _kill_own_worker)
     report = batch.run_batch([str(inputs)], str(out), options, executor=ex)  # type: ignore[arg-type]
     assert (report.pages_read, report.pages_failed) == (N_PAGES - 1, 1)
@@ -232,8 +247,7 @@ def test_input_that_always_kills_its_worker_is_one_error_row(
     assert len(page_jsons(out)) == N_PAGES - 1
     assert not (out / "doc.pdf.p002.json").exists()
     # The workers it killed are replaced: the cluster is whole again for the next batch.
-    cluster.client.wait_for_workers(2, timeout=60)
-    pids_after = set(cluster.client.run(os.getpid).values())
+    pids_after = worker_pids(cluster)
     assert len(pids_after) == 2 and pids_after != pids_before
 
 
