@@ -157,6 +157,13 @@ def test_classify_transparent_canvas_png_is_ink_on_paper(client: TestClient) -> 
     assert r.json()["text"] == "1"
 
 
+def test_classify_shrinks_large_images_first(client: TestClient) -> None:
+    big = cv2.resize(glyph("0", 200, 18), (2400, 2400), interpolation=cv2.INTER_NEAREST)
+    r = client.post("/api/classify", files=upload(png_bytes(big)))
+    assert r.status_code == 200 and r.json()["text"] == "0"
+    assert r.json()["chars"][0]["bbox"][2] > 1024  # the box is still in the upload's pixels
+
+
 def test_classify_blank_drawing_gives_no_characters(client: TestClient) -> None:
     r = client.post("/api/classify", files=upload(png_bytes(np.full((50, 80), 255, np.uint8))))
     assert r.status_code == 200
@@ -312,6 +319,44 @@ def test_unexpected_error_is_a_bare_500(
     assert r.status_code == 500
     assert "secret" not in r.text and "Traceback" not in r.text
     assert r.json()["detail"].startswith("internal error")
+
+
+def test_uploads_live_only_in_a_per_request_temporary_folder(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With the temp root pointed at an empty folder: the upload (2.4 MB, over the 1 MB at which
+    Starlette's UploadFile would spool to the system temp folder) is saved inside a
+    TemporaryDirectory of its own, and nothing is left once the answer is out."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    seen: list[Path] = []
+    real = web_app.load_page_checked
+
+    def spy(up: web_app.Upload, page: int, cfg: WebSettings) -> tuple[np.ndarray, int]:
+        seen.append(up.path)
+        assert up.path.is_file() and up.path.parent.parent == root
+        assert up.path.parent.name.startswith("hwr-web-")
+        return real(up, page, cfg)
+
+    monkeypatch.setattr(web_app, "load_page_checked", spy)
+    from PIL.PngImagePlugin import PngInfo
+
+    # A small drawing made large by text chunks of random bytes (each under Pillow's 1 MB
+    # limit per chunk).
+    rng = np.random.default_rng(0)
+    info = PngInfo()
+    for k in range(3):
+        info.add_text(f"note{k}", rng.integers(65, 91, 800_000, dtype=np.uint8).tobytes().decode())
+    buf = io.BytesIO()
+    Image.fromarray(glyph("7", 200, 18)).save(buf, "PNG", pnginfo=info)
+    data = buf.getvalue()
+    assert len(data) > 2 * 2**20
+    r = client.post("/api/classify", files=upload(data, "big.png"))
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] == "7"
+    assert len(seen) == 1
+    assert list(root.iterdir()) == []
 
 
 def test_uploads_leave_no_files_behind(client: TestClient) -> None:

@@ -203,6 +203,24 @@ DRAWING_TEXT_PX = 64
 DRAWING_MARGIN = 4
 
 
+#: A single character needs no more than this many pixels on its longer side (the model sees 20);
+#: larger uploads are shrunk first, since the normaliser's cost grows with the image (a noisy
+#: 1500x1500 photo takes seconds).
+CLASSIFY_MAX_SIDE = 1024
+
+
+def shrink_to(gray: npt.NDArray[np.uint8], side: int) -> npt.NDArray[np.uint8]:
+    """gray uint8 (H, W) shrunk (area averaging) so that max(H, W) <= side; else unchanged."""
+    h, w = gray.shape
+    if max(h, w) <= side:
+        return gray
+    f = side / max(h, w)
+    small = cv2.resize(
+        gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
+    )
+    return np.asarray(small, np.uint8)
+
+
 def drawing_as_page(
     gray: npt.NDArray[np.uint8],
 ) -> tuple[npt.NDArray[np.uint8], float, tuple[int, int]]:
@@ -272,7 +290,7 @@ def classify_image(
                     }
                 )
     if method == "single":
-        crop = normalize(gray)
+        crop = normalize(shrink_to(gray, CLASSIFY_MAX_SIDE))
         if crop.max() > 0:
             proba = clf.predict_proba(crop[None])
             top = clf.topk(proba, defaults.TOP_K)[0]
