@@ -514,7 +514,8 @@ def glyphs_for(kind: str, seed: int) -> Any:
     from training import pagegen, sources
     from training.data import LabeledImages
 
-    digits = pagegen.mnist_test()
+    root = os.environ.get("HWR_DATASETS")
+    digits = pagegen.mnist_test(Path(root) / "mnist" if root else None)
     if kind == "digits":
         return digits
     letters = sources.load_split("letters", "test")
@@ -629,6 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="working folder (default: a new temporary folder)")
     p.add_argument("--seed", type=int, default=0, help="page generator seed")
     p.add_argument(
+        "--datasets",
+        type=Path,
+        help="data folder with mnist/ (default: $HWR_DATASETS, else ../shared/datasets)",
+    )
+    p.add_argument(
         "--size",
         type=_size,
         default=A4_300DPI,
@@ -665,6 +671,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pages < 1 or args.jobs < 1:
         print("bench_pages: --pages and --jobs must be at least 1", file=sys.stderr)
         return 2
+    if args.datasets is not None:
+        os.environ["HWR_DATASETS"] = str(args.datasets.resolve())
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     out: Path = args.out or Path(tempfile.mkdtemp(prefix="hwr-bench-"))
     out.mkdir(parents=True, exist_ok=True)
