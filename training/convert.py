@@ -221,8 +221,14 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "(default: A-Z for a CSV without header, 0-9 with one; from convert.json going back)",
     )
     hdr = p.add_mutually_exclusive_group()
-    hdr.add_argument("--header", dest="header", action="store_true", default=None)
-    hdr.add_argument("--no-header", dest="header", action="store_false")
+    hdr.add_argument(
+        "--header",
+        dest="header",
+        action="store_true",
+        default=None,
+        help="folder -> CSV: write the label,pixel0..pixel783 header (default: as convert.json)",
+    )
+    hdr.add_argument("--no-header", dest="header", action="store_false", help="no header line")
     p.add_argument(
         "--normalize",
         action="store_true",
