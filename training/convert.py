@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -74,9 +75,7 @@ def csv_to_folder(
     try:
         for raw, pixels, line in ds.iter_kaggle_csv(csv_path, chunk_rows=chunk_rows):
             if labeled:
-                chars = ds._map_labels(
-                    raw, (alphabet, first), csv_path, 0, "line", lambda i, b=line: b + i
-                )
+                chars = ds._map_labels(raw, (alphabet, first), csv_path, line, "line")
             for i, image in enumerate(pixels):
                 folder = partial
                 if labeled:
@@ -137,7 +136,7 @@ def folder_to_csv(
         raise BadArguments(f"{folder}: not a folder")
     if csv_path.exists() and not force:
         raise BadArguments(f"{csv_path}: exists (use --force to replace it)")
-    manifest: dict[str, object] = {}
+    manifest: dict[str, Any] = {}
     if (folder / MANIFEST).is_file():
         try:
             manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -149,19 +148,20 @@ def folder_to_csv(
     if class_dirs:
         for d in class_dirs:
             try:
-                label = ds.label_from_folder(d.name)
+                char = ds.label_from_folder(d.name)
             except ValueError as e:
                 raise DataError(f"{d}: {e}") from None
-            entries.extend((p, label) for p in ds._iter_image_files(d))
+            entries.extend((p, char) for p in ds._iter_image_files(d))
     else:
         entries = [(p, None) for p in ds._iter_image_files(folder)]
     if not entries:
         raise DataError(f"{folder}: no images")
     labeled = entries[0][1] is not None
 
+    alphabet, first = "", 0
     if labeled:
         if label_map is None and "alphabet" in manifest:
-            alphabet, first = str(manifest["alphabet"]), int(manifest["first_label"])  # type: ignore[call-overload]
+            alphabet, first = str(manifest["alphabet"]), int(manifest["first_label"])
         else:
             if label_map is None:
                 chars = {lab for _, lab in entries if lab is not None}
@@ -204,7 +204,7 @@ def folder_to_csv(
     return len(entries)
 
 
-def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``convert`` to an argparse sub-command set (``hwr-train``'s)."""
     p = subparsers.add_parser(
         "convert",

@@ -129,7 +129,15 @@ def _str_array(values: list[str] | npt.NDArray[np.str_]) -> npt.NDArray[np.str_]
 # idx
 # --------------------------------------------------------------------------------------------
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+#: idx type codes (third magic byte) -> big-endian numpy dtype.
+_IDX_DTYPES: dict[int, str] = {
+    0x08: "u1",
+    0x09: "i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def _read_all(path: Path) -> tuple[bytes, bool]:
@@ -245,9 +253,9 @@ def _map_labels(
     path: Path,
     record_base: int,
     what: str = "record",
-    line_of: Callable[[int], int] | None = None,
 ) -> npt.NDArray[np.str_]:
-    """Integer labels -> characters; an out-of-range label raises naming its record/line."""
+    """Integer labels -> characters; an out-of-range label raises naming its record or line
+    (``record_base + i`` for the i-th label)."""
     resolved = _resolve_map(label_map)
     if resolved is None:
         return np.asarray([str(v) for v in raw.tolist()], dtype=str)
@@ -256,7 +264,7 @@ def _map_labels(
     bad = np.nonzero((idx < 0) | (idx >= len(alphabet)))[0]
     if bad.size:
         i = int(bad[0])
-        where = line_of(i) if line_of else record_base + i
+        where = record_base + i
         raise DataError(
             f"{path}: {what} {where}: label {int(raw[i])} out of range "
             f"{first}..{first + len(alphabet) - 1}"
@@ -345,7 +353,7 @@ def _chunk_integers(
         raise DataError(f"{path}: line {line + r}: column {c + 1} is empty")
     c = int(np.nonzero(not_int[r])[0][0])
     value = chunk.iat[r, c]
-    text = value if isinstance(value, str) else str(getattr(value, "item", lambda: value)())
+    text = str(value.item() if isinstance(value, np.generic) else value)
     raise DataError(f"{path}: line {line + r}: column {c + 1}: {text!r} is not an integer")
 
 
@@ -434,9 +442,7 @@ def read_kaggle_csv(
     for raw, pixels, line in iter_kaggle_csv(path, chunk_rows=chunk_rows):
         images.append(normalize_many(pixels, dark_ink=False))
         if labeled:
-            labels.append(
-                _map_labels(raw, (alphabet, first), path, 0, "line", lambda i, b=line: b + i)
-            )
+            labels.append(_map_labels(raw, (alphabet, first), path, line, "line"))
         else:
             labels.append(np.full(len(pixels), "", dtype="<U1"))
     if not images:
