@@ -547,3 +547,21 @@ def test_bundled_letter_models_read_drawn_capitals(charset: str) -> None:
             r = c.post(f"/api/classify?charset={charset}", files=upload(png_bytes(img)))
             assert r.status_code == 200
             assert r.json()["text"] == label, r.json()["chars"][0]["top"]
+
+
+def test_client_file_names_are_names_not_paths(client: TestClient, reader_available: None) -> None:
+    data = png_bytes(digits_page(["1"]))
+    r = client.post("/api/read", files=upload(data, "../../etc/scan\\x.png"))
+    assert r.status_code == 200
+    assert r.json()["source"] == "x.png"
+
+
+def test_malformed_multipart_body_is_400(client: TestClient) -> None:
+    for body in (b"--zzz\r\n\x01\x02: x\r\n\r\nabc\r\n--zzz--\r\n", b"garbage--zzz"):
+        r = client.post(
+            "/api/classify",
+            content=body,
+            headers={"Content-Type": "multipart/form-data; boundary=zzz"},
+        )
+        assert r.status_code == 400
+        assert r.json()["detail"].startswith("malformed multipart body")
