@@ -150,6 +150,10 @@ def test_letter_splits_by_writer_and_source(fake_root, tmp_path, no_fonts):
     held = {im.tobytes() for im in test.images}
     assert not any(im.tobytes() in held for im in train.images)
     assert (train.groups == "kaggle_az/original").sum() == 2
+    as_written = sources.load_split(
+        "letters", "test", root=fake_root, cache_dir=cache, map_case=False
+    )
+    assert sorted(as_written.labels.tolist()) == ["A", "O", "Q", "d", "h"]
 
 
 def test_digit_and_alnum_splits(fake_root, tmp_path, no_fonts):
