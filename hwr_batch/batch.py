@@ -641,8 +641,9 @@ def _drive(
         else:
             add_pages(f, 1)
 
-    limit = max(1, ex.workers * IN_FLIGHT_PER_WORKER)
     while queue or suspects or ex.in_flight():
+        # Read every round: a Dask cluster may gain or lose workers while the batch runs.
+        limit = max(1, ex.workers * IN_FLIGHT_PER_WORKER)
         if suspects or solo is not None:
             if ex.in_flight() == 0 and suspects:
                 item = suspects.popleft()

@@ -139,6 +139,7 @@ class DaskExecutor:
         #: Worker processes that left the cluster while this executor ran (deaths, restarts).
         self.restarts = 0
         self._known_workers: set[str] = set()
+        self._threads = 1
         self._last_check = 0.0
 
         if kind == "local":
@@ -180,15 +181,20 @@ class DaskExecutor:
             if initializer is not None or kind == "local":
                 plugin = PrepareWorker(initializer, init_arg, ignore_sigint=kind == "local")
                 self._client.register_plugin(plugin)
-            self.workers = max(1, self._count_threads())
-            self._note_departures(force=True)
+            self._refresh_workers(force=True)
         except BaseException:
             self.close(cancel=True)
             raise
 
-    def _count_threads(self) -> int:
-        info = self._client.scheduler_info()["workers"]
-        return int(sum(w.get("nthreads", 1) for w in info.values()))
+    @property
+    def workers(self) -> int:
+        """Worker threads in the cluster, as of the last look (every few seconds): the batch
+        keeps a few tasks per thread in flight, so a cluster that grows gets more work."""
+        return max(1, self._threads)
+
+    @workers.setter
+    def workers(self, value: int) -> None:
+        self._threads = value
 
     @property
     def client(self) -> Any:
@@ -210,11 +216,11 @@ class DaskExecutor:
         try:
             distributed.wait(list(self._futures), timeout=timeout, return_when="FIRST_COMPLETED")
         except TimeoutError:
-            self._note_departures()
+            self._refresh_workers()
             return []
         done = [f for f in self._futures if f.done()]
         outcomes = [self._collect(f) for f in done]
-        self._note_departures()
+        self._refresh_workers()
         return outcomes
 
     def _collect(self, fut: Any) -> Outcome:
@@ -230,18 +236,20 @@ class DaskExecutor:
             fut.release()
         return Outcome(key, value=value)
 
-    def _note_departures(self, force: bool = False) -> None:
+    def _refresh_workers(self, force: bool = False) -> None:
         now_s = time.monotonic()
         if not force and now_s - self._last_check < _WORKER_CHECK_S:
             return
         self._last_check = now_s
         try:
-            now = set(self._client.scheduler_info()["workers"])
-        except Exception:  # best effort: it only feeds the restart count
+            info = self._client.scheduler_info()["workers"]
+        except Exception:  # best effort: keep the last known figures
             return
+        now = set(info)
         # A restarted worker comes back under a new address, so it shows as one gone, one new.
         self.restarts += len(self._known_workers - now)
         self._known_workers = now
+        self._threads = int(sum(w.get("nthreads", 1) for w in info.values()))
 
     def close(self, cancel: bool = False) -> None:
         if self._closed:
@@ -249,7 +257,7 @@ class DaskExecutor:
         self._closed = True
         client = getattr(self, "_client", None)
         if client is not None:
-            self._note_departures(force=True)
+            self._refresh_workers(force=True)
             if self._futures:
                 if cancel:
                     client.cancel(list(self._futures))
