@@ -22,7 +22,10 @@ Formats:
 * USPS ``zip.*.gz`` (:func:`read_usps`): label then 256 values in [-1, 1], 16x16, -1 = paper.
 
 Ink polarity of image files is detected per image from the median of its border pixels
-(:func:`is_dark_ink`): the canvas set is white ink on black, the other PNG sets dark on light.
+(:func:`is_dark_ink`) unless ``dark_ink`` is given: the canvas set is white ink on black, the
+other PNG sets dark on light. The rule misreads a stroke drawn edge to edge in a narrow image
+(8 of the canvas set's 5,234: 'I', 'l'), so pass ``dark_ink`` when a source's polarity is
+known (:mod:`training.sources` does).
 
 Bad data raises :class:`hwr_batch.errors.DataError` with one line naming the file and the line
 or record. An unreadable image raises too, unless ``skip_unreadable=True``: then it is logged
@@ -32,7 +35,8 @@ which file, so a broken download is not silently trained around).
 Writer hints found in the shipped sets' file names (``groups`` = "source/writer"):
 
 * Chars74K ``A_caps.017.png``: 017 is the writer (55 writers, 001-055).
-* FEMNIST ``client_K/train/<d>/<d>_<d>_<n>.png``: the client folder is the writer.
+* FEMNIST ``client_K/train/<d>/<d>_<d>_<n>.png``: the client folder is the writer; the name
+  holds the digit twice and a running number, nothing more.
 * canvas ``u41-1730734299087.png``: a millisecond timestamp of the export, not of the
   drawing. Files come in class order at ~10 ms steps, in two export sessions (2024-11-04 and
   2024-11-05); the session date is the only writer proxy (:func:`writer_canvas`).
