@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="digits", help="digits model name or .onnx path")
     ap.add_argument("--mnist", default="../shared/datasets/mnist", help="MNIST idx folder")
+    ap.add_argument("--touch", type=float, default=0.25, help="chance a digit touches a border")
+    ap.add_argument("--cross", type=float, default=0.15, help="chance a digit crosses a border")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--show-errors", action="store_true")
     args = ap.parse_args(argv)
@@ -110,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     reg_err: list[float] = []
     n_reg_fail = 0
     seconds: list[float] = []
+    kind_errors: dict[str, int] = {}
     for _li in range(args.layouts):
         layout = make_layout(rng, args.width, height, n_fields=args.fields)
         tpl = template_for(layout, digits, rng)
         for _fi in range(args.forms):
-            form = render_form(layout, digits, rng)
+            form = render_form(
+                layout, digits, rng, touch_prob=args.touch, cross_prob=args.cross
+            )
             t0 = time.perf_counter()
             auto = read_fields(form.gray, charset="digits", classifier=clf)
             seconds.append(time.perf_counter() - t0)
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         else None,
         "registration_error_max_of_width": float(np.max(reg_err)) / args.width if reg_err else None,
         "seconds_per_form_auto": float(np.mean(seconds)) if seconds else None,
+        "template_errors_by_kind": kind_errors,
         "model": clf.path,
     }
     for k, v in figures.items():

@@ -76,10 +76,15 @@ CROSS_REACH = 2
 MIN_INSIDE_SHARE = 0.4
 #: Neighbouring pieces at most this wide together (in character heights) and this far apart
 #: may be one broken character.
-MERGE_WIDTH = 0.85
+MERGE_WIDTH = 1.1
 MERGE_GAP = 0.15
 #: Pixels either side of a border's fully covered rows (or columns) that still count as border.
 BORDER_SLACK = 2
+#: A stroke "leaves" a border when there is ink 1 and this many pixels away from it, in line.
+STROKE_LEAVE = 4
+#: A component with at least this share of its pixels in another comb cell also counts there
+#: (each cell then reads only its own columns).
+COMB_SHARE = 0.2
 #: Fields whose value's probability is under this go to review. A 5-digit field whose digits
 #: are each 0.95 sure has probability 0.77; one doubtful digit at 0.6 brings it under 0.5.
 FIELD_MIN_CONFIDENCE = 0.5
@@ -247,12 +252,14 @@ def map_box(box: BBox, m: npt.NDArray[np.float64], shape: tuple[int, int]) -> BB
 class Structure:
     """The form's printed structure on the deskewed page.
 
-    lines: uint8 (H, W) 0/255, the structural line pixels (cell borders and underlines).
+    h_lines, v_lines: uint8 (H, W) 0/255, the horizontal (frame tops and bottoms,
+        underlines) and vertical (frame sides, comb separators) border pixels.
     fields: detected fields in reading order.
     line_width: typical border thickness in pixels.
     """
 
-    lines: npt.NDArray[np.uint8]
+    h_lines: npt.NDArray[np.uint8]
+    v_lines: npt.NDArray[np.uint8]
     fields: tuple[FieldGeometry, ...]
     line_width: int
 
@@ -307,7 +314,7 @@ def _find_frames(
             continue
         cells = []
         for (_a0, a1), (b0, _b1) in zip(col_runs[:-1], col_runs[1:], strict=True):
-            if b0 - a1 >= min_side // 2:
+            if b0 - a1 >= min_side // 2 and bot_in - top_in >= min_side:
                 cells.append(BBox(x + a1, y + top_in, b0 - a1, bot_in - top_in))
             elif cells:
                 # A sliver between two vertical strokes (a "1" pressed against a border):
@@ -323,18 +330,28 @@ def _find_frames(
             # of the side borders and separators. Only these are erased later, so a stroke
             # lying along a border keeps whatever sticks out of the line.
             x0, x1 = x + col_runs[0][0], x + col_runs[-1][1]
-            borders = [BBox(x0, y + r0, x1 - x0, r1 - r0) for r0, r1 in (row_runs[0], row_runs[-1])]
+            borders = [
+                BBox(x0, y + r0, x1 - x0, r1 - r0) for r0, r1 in (row_runs[0], row_runs[-1])
+            ]
             borders += [BBox(x + c0, y + top_in, c1 - c0, bot_in - top_in) for c0, c1 in col_runs]
             frames.append((outer, cells, borders))
-    # A frame around other frames (a section border) is not a field.
-    keep = []
-    for k, (outer, cells, borders) in enumerate(frames):
-        inner = any(
-            j != k and o.x >= outer.x and o.y >= outer.y and o.x2 <= outer.x2 and o.y2 <= outer.y2
-            for j, (o, _c, _b) in enumerate(frames)
-        )
-        if not inner:
-            keep.append((cells, borders))
+    # A frame inside another: a squarish loop of handwriting drawn in a box (smaller than the
+    # cell holding it) is ink, not a frame; a frame around field-sized frames is a section
+    # border, not a field.
+    def inside(a: BBox, b: BBox) -> bool:
+        return a.x >= b.x and a.y >= b.y and a.x2 <= b.x2 and a.y2 <= b.y2
+
+    drop: set[int] = set()
+    for k, (outer, cells, _b) in enumerate(frames):
+        for j, (o, _c, _bb) in enumerate(frames):
+            if j == k or not inside(o, outer):
+                continue
+            host = next((c for c in cells if inside(o, c)), None)
+            if host is not None and o.h < 0.8 * host.h:
+                drop.add(j)
+            else:
+                drop.add(k)
+    keep = [(cells, borders) for k, (_o, cells, borders) in enumerate(frames) if k not in drop]
     return keep
 
 
@@ -429,7 +446,8 @@ def detect_fields(ink: npt.NDArray[np.uint8]) -> Structure:
     singles = [f[0] for f, _b in frames if len(f) == 1]
     groups = [f for f, _b in frames if len(f) > 1] + _group_combs(singles, lw)
 
-    structural = np.zeros_like(ink)
+    h_struct = np.zeros_like(ink)
+    v_struct = np.zeros_like(ink)
     # Border rows/columns found by coverage miss the line's ragged, partly covered edge rows
     # (blur, residual skew); all ink within BORDER_SLACK pixels of them is border too.
     for _cells, borders in frames:
@@ -439,7 +457,8 @@ def detect_fields(ink: npt.NDArray[np.uint8]) -> Structure:
                      b.h + 2 * BORDER_SLACK),
                 ink.shape,
             )
-            structural[c.y : c.y2, c.x : c.x2] = 255
+            target = h_struct if b.w > b.h else v_struct
+            target[c.y : c.y2, c.x : c.x2] = 255
     fields: list[FieldGeometry] = []
     for group in groups:
         outer = BBox.union(group)
@@ -468,11 +487,15 @@ def detect_fields(ink: npt.NDArray[np.uint8]) -> Structure:
         rows = np.nonzero(full)[0] if full.any() else np.arange(ch)
         r0 = max(0, y + int(rows.min()) - BORDER_SLACK)
         r1 = min(h, y + int(rows.max()) + 1 + BORDER_SLACK)
-        structural[r0:r1, x : x + cw] = 255
+        h_struct[r0:r1, x : x + cw] = 255
 
-    structural = cv2.bitwise_and(structural, ink)
     order = reading_order([f.bbox for f in fields])
-    return Structure(structural, tuple(fields[i] for i in order), lw)
+    return Structure(
+        cv2.bitwise_and(h_struct, ink),
+        cv2.bitwise_and(v_struct, ink),
+        tuple(fields[i] for i in order),
+        lw,
+    )
 
 
 def _overlaps(a: BBox, b: BBox) -> bool:
@@ -503,38 +526,54 @@ def _shift(a: npt.NDArray[np.bool_], dy: int, dx: int) -> npt.NDArray[np.bool_]:
 
 
 def clean_ink(
-    ink: npt.NDArray[np.uint8], lines: npt.NDArray[np.uint8], line_width: int
+    ink: npt.NDArray[np.uint8],
+    h_lines: npt.NDArray[np.uint8],
+    v_lines: npt.NDArray[np.uint8],
+    line_width: int,
 ) -> npt.NDArray[np.uint8]:
-    """Ink without the structural lines, keeping the pixels where a stroke crosses a line.
+    """Ink without the structural lines, keeping the line pixels that strokes cross or touch.
 
-    ink, lines: uint8 (H, W) 0/255. A line pixel is kept when stroke ink lies right next to the
-    line on both sides of it (above and below for a horizontal line, left and right for a
-    vertical one; within ``CROSS_REACH`` pixels, one pixel of slack sideways for slanted
-    strokes). A wider reach would also bridge a loop lying along the line (the bottom of a 6
-    sitting on it) and paint the line back inside the digit.
+    ink: uint8 (H, W) 0/255; h_lines, v_lines: the horizontal and vertical border pixels
+    (uint8 0/255). Walking across a border from stroke ink that meets it (within
+    ``CROSS_REACH`` pixels, one pixel of slack sideways for slanted strokes), the border pixels
+    on the way are kept:
+
+    - when a stroke meets the border on both sides (it crosses), or
+    - when a stroke leaves the border on one side (ink 1 and ``STROKE_LEAVE`` pixels away): a 2
+      whose base rests on the line or a 7 whose bar hangs from it keeps that stroke, with the
+      bit of line under it, rather than losing it with the border.
+
+    Border pixels no stroke meets are removed.
     """
     ink_b = ink > 0
-    line_b = (lines > 0) & ink_b
-    rest = ink_b & ~line_b
-    # Line pixels reached by walking straight through the line from stroke ink that touches it
-    # on one side (within CROSS_REACH pixels, one pixel of slack sideways for slanted strokes).
+    hb = (h_lines > 0) & ink_b
+    vb = (v_lines > 0) & ink_b
+    rest = ink_b & ~(hb | vb)
     widened = rest | _shift(rest, 0, 1) | _shift(rest, 0, -1)
     tall = rest | _shift(rest, 1, 0) | _shift(rest, -1, 0)
-    steps = line_width + 4
+    steps = line_width + 2 * BORDER_SLACK + 4
 
-    def walk(seed_src: npt.NDArray[np.bool_], dy: int, dx: int) -> npt.NDArray[np.bool_]:
+    def walk(
+        src: npt.NDArray[np.bool_], line_b: npt.NDArray[np.bool_], dy: int, dx: int, strong: bool
+    ) -> npt.NDArray[np.bool_]:
         seed = np.zeros_like(rest)
         for k in range(1, CROSS_REACH + 1):
-            seed |= _shift(seed_src, k * dy, k * dx)
+            near = _shift(src, k * dy, k * dx)
+            if strong:
+                far = k + STROKE_LEAVE - 1
+                near &= _shift(src, far * dy, far * dx)
+            seed |= near
         flag = seed & line_b
         for _ in range(steps):
             flag |= _shift(flag, dy, dx) & line_b
         return flag
 
-    vertical_cross = walk(widened, 1, 0) & walk(widened, -1, 0)
-    horizontal_cross = walk(tall, 0, 1) & walk(tall, 0, -1)
-    crossing = vertical_cross | horizontal_cross
-    return np.where(rest | crossing, 255, 0).astype(np.uint8)
+    down, up = walk(widened, hb, 1, 0, False), walk(widened, hb, -1, 0, False)
+    right, left = walk(tall, vb, 0, 1, False), walk(tall, vb, 0, -1, False)
+    keep = (down & up) | (right & left)
+    keep |= walk(widened, hb, 1, 0, True) | walk(widened, hb, -1, 0, True)
+    keep |= walk(tall, vb, 0, 1, True) | walk(tall, vb, 0, -1, True)
+    return np.where(rest | keep, 255, 0).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,8 +594,9 @@ class _Candidate:
 
 def _component_zones(
     labels: npt.NDArray[np.int32], n_labels: int, zone_map: npt.NDArray[np.int32], n_zones: int
-) -> npt.NDArray[np.int64]:
-    """For each component, the zone (1..n_zones) holding most of its pixels, or 0 for none."""
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """For each component, the zone (1..n_zones) holding most of its pixels (0 for none), and
+    the pixel counts per component and zone, int64 (n_labels, n_zones + 1)."""
     both = labels.astype(np.int64) * (n_zones + 1) + zone_map
     counts = np.bincount(both.ravel(), minlength=n_labels * (n_zones + 1))
     counts = counts.reshape(n_labels, n_zones + 1)
@@ -567,7 +607,7 @@ def _component_zones(
     # border keeps most of its ink in its cell, a prompt or frame grazing a zone does not.
     inside = counts.max(axis=1)
     best[inside < MIN_INSIDE_SHARE * np.maximum(total, 1)] = 0
-    return best
+    return best, counts
 
 
 def _crop(
@@ -691,7 +731,18 @@ def _prepare(
             if not comps:
                 continue
             box = BBox.union(BBox(*(int(v) for v in stats[c, :4])) for c in comps)
-            crops.append(_crop(labels, comps, box, (box.x, box.x2)))
+            # One character per cell: ink that runs on into a neighbouring cell (two digits
+            # joined through the separator) is cut at the separator.
+            cell = geo.cells[cell_idx]
+            margin = max(2, cell.w // 8)
+            lo, hi = max(box.x, cell.x - margin), min(box.x2, cell.x2 + margin)
+            crop = _crop(labels, comps, box, (lo, hi))
+            ys, xs = np.nonzero(crop < 128)
+            if ys.size == 0:
+                continue
+            box = BBox(box.x + int(xs.min()), box.y + int(ys.min()),
+                       int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+            crops.append(crop[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
             cand.edges.append((node, node + 1, box, len(crops) - 1))
             cand.cell_of_edge.append(cell_idx)
             node += 1
@@ -755,7 +806,7 @@ def read_fields(
         ]
 
     t1 = time.perf_counter()
-    clean = clean_ink(ink, structure.lines, structure.line_width)
+    clean = clean_ink(ink, structure.h_lines, structure.v_lines, structure.line_width)
     n_lab, labels, stats, _cent = cv2.connectedComponentsWithStats(clean, connectivity=8)
     labels = labels.astype(np.int32)
 
@@ -771,7 +822,11 @@ def read_fields(
             zone_map[c.y : c.y2, c.x : c.x2] = zid
             ids.append(zid)
         zone_ids.append(ids)
-    comp_zone = _component_zones(labels, n_lab, zone_map, zid)
+    comp_zone, zone_counts = _component_zones(labels, n_lab, zone_map, zid)
+    comb_zones = {
+        z for spec, ids in zip(specs, zone_ids, strict=True) if spec.geometry.kind == "comb"
+        for z in ids
+    }
 
     # Specks: tiny components, and leftovers lying entirely in a border band.
     comps_by_zone: dict[int, list[int]] = {}
@@ -787,6 +842,12 @@ def read_fields(
         if area < max(3.0, SPECK_FRACTION * zone_h[z] ** 2):
             continue
         comps_by_zone.setdefault(z, []).append(c)
+        if z in comb_zones:
+            # Digits joined through a comb separator: the piece in the next cell is its own.
+            share = zone_counts[c] >= COMB_SHARE * area
+            for z2 in np.nonzero(share)[0].tolist():
+                if z2 != z and z2 in comb_zones:
+                    comps_by_zone.setdefault(z2, []).append(c)
 
     crops: list[npt.NDArray[np.uint8]] = []
     cands = [

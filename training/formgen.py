@@ -165,6 +165,13 @@ def _draw_layout(layout: Layout) -> npt.NDArray[np.float32]:
     return page.astype(np.float32) / 255.0
 
 
+def fit_height(digit: npt.NDArray[np.uint8], height: float, max_width: float) -> float:
+    """``height``, reduced if the digit drawn that high would be wider than ``max_width``."""
+    ys, xs = np.nonzero(digit > 30)
+    aspect = (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
+    return float(min(height, max_width / (1.1 * aspect)))
+
+
 def _paste_digit(
     page: npt.NDArray[np.float32],
     digit: npt.NDArray[np.uint8],
@@ -173,10 +180,16 @@ def _paste_digit(
     height: float,
     ink: float,
     rng: np.random.Generator,
+    max_width: float | None = None,
 ) -> None:
-    """Draw an MNIST digit (white on black 28x28) as dark ink, its ink box centred at (cx, cy)."""
+    """Draw an MNIST digit (white on black 28x28) as dark ink, its ink box centred at (cx, cy).
+
+    A digit wider than ``max_width`` is drawn smaller: people write inside the slot they have.
+    """
     ys, xs = np.nonzero(digit > 30)
     crop = digit[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255.0
+    if max_width is not None:
+        height = fit_height(digit, height, max_width)
     s = height / crop.shape[0]
     w = max(2, int(round(crop.shape[1] * s * rng.uniform(0.9, 1.1))))
     h = max(2, int(round(height)))
@@ -229,7 +242,7 @@ def render_form(
         else:
             slot_w = (b.w - 0.3 * b.h) / f.length
         for k, i in enumerate(idx):
-            height = b.h * rng.uniform(0.6, 0.78)
+            height = fit_height(images[i], b.h * rng.uniform(0.6, 0.78), 0.85 * slot_w)
             if f.kind == "comb":
                 cx = b.x + (k + 0.5) * slot_w + rng.uniform(-0.06, 0.06) * slot_w
             else:
@@ -250,7 +263,7 @@ def render_form(
                     cy = b.y2 - height / 2 + over
                 else:
                     cy = b.y + height / 2 - over
-            _paste_digit(page, images[i], cx, cy, height, ink, rng)
+            _paste_digit(page, images[i], cx, cy, height, ink, rng, max_width=0.85 * slot_w)
 
     angle = float(rng.uniform(-max_angle, max_angle))
     scale = float(1.0 + rng.uniform(-max_scale, max_scale))
