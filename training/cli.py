@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--widths", type=_widths, default=None, help="channels of the 3 stages")
     f.add_argument("--dropout", type=float, default=0.3)
     f.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    f.add_argument(
+        "--balance",
+        type=float,
+        default=0.0,
+        help="sample classes by count**-BALANCE (0 = as in the data, 1 = equally)",
+    )
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     f.add_argument("--resume", help="continue from a checkpoint.pt of the same run")
@@ -161,6 +167,7 @@ def _run_fit(args: argparse.Namespace, argv: list[str]) -> int:
         widths=args.widths or DEFAULT_WIDTHS,
         dropout=args.dropout,
         augment=not args.no_augment,
+        balance=args.balance,
         seed=args.seed,
         device=args.device,
         dry_run=args.dry_run,
