@@ -23,6 +23,7 @@ Coordinates: detection works on the deskewed page; every box handed back in a
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 #: comb cell is 40-90 px wide and a handwritten stroke's straight run rarely exceeds 2% of
 #: the width, so 1/50 keeps cell borders and drops most strokes.
 LINE_MIN_FRACTION = 1 / 50
+#: Share of its columns a ruled line must cover to count for skew (text baselines have gaps).
+LINE_SOLIDITY = 0.9
 #: An underline is a horizontal line at least this fraction of the page width long, and not a
 #: side of a box. Shorter rules are more likely table strokes or a crossed-out word.
 UNDERLINE_MIN_FRACTION = 1 / 12
@@ -145,14 +148,17 @@ def ink_mask(gray: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         raise ValueError(f"gray must be uint8 (H, W), got {g.dtype} {g.shape}")
     h, w = g.shape
     small = cv2.resize(g, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
+    # Paper level: a local maximum (ink strokes are thinner than 5 px at 1/8 scale, so they
+    # vanish), then a median to smooth it.
+    bg_small = cv2.dilate(small, np.ones((5, 5), np.uint8))
     k = max(3, (min(small.shape) // 10) | 1)
-    bg_small = cv2.medianBlur(small, min(k, 255 if k <= 255 else 255))
+    bg_small = cv2.medianBlur(bg_small, min(k, 255))
     bg = cv2.resize(bg_small, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     flat = np.clip(g.astype(np.float32) / np.maximum(bg, 1.0) * 255.0, 0, 255).astype(np.uint8)
     t, _ = cv2.threshold(flat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # Blank paper has no bimodality and Otsu splits the noise; ink must be clearly darker.
     t = min(t, 200.0)
-    return np.where(flat < t, 255, 0).astype(np.uint8)
+    return np.where(flat <= t, 255, 0).astype(np.uint8)
 
 
 def estimate_skew(ink: npt.NDArray[np.uint8], max_angle: float = 10.0) -> float:
@@ -176,34 +182,47 @@ def estimate_skew(ink: npt.NDArray[np.uint8], max_angle: float = 10.0) -> float:
     keep = np.abs(angle) <= max_angle
     if not keep.any():
         return 0.0
-    a, wt = angle[keep], length[keep]
+    # Hough angles come in 0.125 deg steps and follow the pixel staircase of a thick line;
+    # refit each long segment to the ink pixels along it for a precise angle.
+    refined, weights = [], []
+    for k in np.argsort(-length * keep)[: min(60, int(keep.sum()))]:
+        fit = _fit_segment(ink, s[k])
+        if fit is not None and abs(fit) <= max_angle:
+            refined.append(fit)
+            weights.append(length[k])
+    if not refined:
+        return 0.0
+    a, wt = np.array(refined), np.array(weights)
     order = np.argsort(a)
     cum = np.cumsum(wt[order])
-    coarse = float(a[order][np.searchsorted(cum, cum[-1] / 2.0)])
-    return _refine_skew(ink, coarse)
+    return float(a[order][np.searchsorted(cum, cum[-1] / 2.0)])
 
 
-def _refine_skew(ink: npt.NDArray[np.uint8], coarse: float) -> float:
-    """Sharpen a Hough angle (0.125 deg steps, staircase-biased) to 0.02 deg.
-
-    The row profile of the ink, sheared by a candidate angle, is sharpest (largest sum of
-    squares) when the long lines fall into single rows.
-    """
-    ys, xs = np.nonzero(ink)
-    if ys.size == 0:
-        return coarse
-    if ys.size > 300_000:
-        pick = np.random.default_rng(0).choice(ys.size, 300_000, replace=False)
-        ys, xs = ys[pick], xs[pick]
-    yf, xf = ys.astype(np.float64), xs.astype(np.float64)
-    best, best_score = coarse, -1.0
-    for cand in coarse + np.arange(-0.3, 0.3001, 0.02):
-        rows = np.round(yf + xf * math.tan(math.radians(cand))).astype(np.int64)
-        rows -= rows.min()
-        score = float(np.square(np.bincount(rows).astype(np.float64)).sum())
-        if score > best_score:
-            best, best_score = float(cand), score
-    return best
+def _fit_segment(ink: npt.NDArray[np.uint8], seg: npt.NDArray[np.float64]) -> float | None:
+    """Angle (degrees, counter-clockwise positive) of the line fitted to the ink within 3 px of
+    a Hough segment (x1, y1, x2, y2), by least squares of y on x."""
+    x1, y1, x2, y2 = (float(v) for v in seg)
+    h, w = ink.shape
+    if x2 == x1:
+        return None
+    x0, xe = int(max(0, min(x1, x2))), int(min(w, max(x1, x2) + 1))
+    y0, ye = int(max(0, min(y1, y2) - 4)), int(min(h, max(y1, y2) + 5))
+    ys, xs = np.nonzero(ink[y0:ye, x0:xe])
+    if xs.size < 10:
+        return None
+    xf, yf = (xs + x0).astype(np.float64), (ys + y0).astype(np.float64)
+    slope = (y2 - y1) / (x2 - x1)
+    near = np.abs(yf - (y1 + slope * (xf - x1))) <= 3
+    if near.sum() < 10 or np.ptp(xf[near]) < 10:
+        return None
+    fit_slope, fit_icpt = np.polyfit(xf[near], yf[near], 1)
+    # A ruled line is solid: ink within 2 px of the fit in nearly every column. The aligned
+    # bases of a row of printed characters also make a Hough segment, but a gappy one.
+    on_line = np.abs(yf - (fit_slope * xf + fit_icpt)) <= 2
+    columns = np.unique(xs[on_line]).size
+    if columns < LINE_SOLIDITY * (xe - x0):
+        return None
+    return float(-np.degrees(np.arctan(fit_slope)))
 
 
 def rotation_matrix(angle: float, shape: tuple[int, int]) -> npt.NDArray[np.float64]:
@@ -314,7 +333,7 @@ def _find_frames(
             continue
         cells = []
         for (_a0, a1), (b0, _b1) in zip(col_runs[:-1], col_runs[1:], strict=True):
-            if b0 - a1 >= min_side // 2 and bot_in - top_in >= min_side:
+            if b0 - a1 >= min_side:
                 cells.append(BBox(x + a1, y + top_in, b0 - a1, bot_in - top_in))
             elif cells:
                 # A sliver between two vertical strokes (a "1" pressed against a border):
@@ -757,7 +776,7 @@ def read_fields(
     gray: npt.NDArray[np.uint8],
     *,
     charset: str = "digits",
-    template: Template | str | None = None,
+    template: Template | str | os.PathLike[str] | None = None,
     classifier: Classifier | None = None,
     classifiers: Mapping[str, Classifier] | None = None,
     load: Callable[[str], Classifier] | None = None,

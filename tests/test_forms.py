@@ -1,0 +1,190 @@
+"""Form field detection, border removal and field reading on synthetic forms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hwr_batch import forms
+from hwr_batch.classify import load_classifier, model_path
+from hwr_batch.errors import ModelError
+from hwr_batch.records import BBox
+from training.formgen import load_mnist_test, make_layout, render_form
+
+MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mnist"
+
+
+def _blank(h: int = 900, w: int = 800) -> np.ndarray:
+    return np.full((h, w), 245, np.uint8)
+
+
+def _draw_form(page: np.ndarray) -> dict[str, BBox]:
+    """A box, a 5-cell comb and an underline top to bottom, each with a printed prompt."""
+    cv2.putText(page, "REGISTRATION", (60, 70), cv2.FONT_HERSHEY_DUPLEX, 1.4, 20, 2)
+    boxes = {"box": BBox(300, 150, 220, 56), "comb": BBox(300, 300, 225, 56)}
+    cv2.rectangle(page, (300, 150), (520, 206), 20, 2)
+    cv2.rectangle(page, (300, 300), (525, 356), 20, 2)
+    for k in range(1, 5):
+        cv2.line(page, (300 + 45 * k, 300), (300 + 45 * k, 356), 20, 2)
+    cv2.line(page, (300, 500), (560, 500), 20, 2)
+    boxes["underline"] = BBox(300, 440, 260, 62)
+    for y, text in ((190, "Name:"), (340, "Code:"), (490, "Amount:")):
+        cv2.putText(page, text, (60, y), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 20, 2)
+    return boxes
+
+
+def _write(page: np.ndarray, text: str, x: int, y_base: int, size: float = 1.3) -> None:
+    """Printed-digit stand-in for handwriting: thick Hershey strokes (geometry tests only)."""
+    cv2.putText(page, text, (x, y_base), cv2.FONT_HERSHEY_SIMPLEX, size, 30, 4)
+
+
+class InkCounter:
+    """A stand-in classifier for geometry tests: says "7" for every crop, and records them."""
+
+    labels = "0123456789"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        self.batches.append(len(crops))
+        p = np.full((len(crops), 10), 0.01, np.float32)
+        p[:, 7] = 0.91
+        return p
+
+
+def test_ink_mask_ignores_uneven_lighting() -> None:
+    yy, xx = np.mgrid[0:400, 0:600]
+    page = (250 - 0.15 * xx - 0.1 * yy).astype(np.uint8)  # paper from 250 down to ~120
+    cv2.line(page, (50, 200), (550, 200), 10, 3)
+    ink = forms.ink_mask(page)
+    assert ink[200, 300] == 255
+    assert ink[100, 500] == 0 and ink[350, 550] == 0
+    assert np.count_nonzero(ink) < 600 * 10
+
+
+@pytest.mark.parametrize("angle", [-3.0, -1.2, 0.0, 2.5])
+def test_estimate_skew_from_form_lines(angle: float) -> None:
+    page = _blank()
+    _draw_form(page)
+    m = cv2.getRotationMatrix2D((400, 450), angle, 1.0)
+    turned = cv2.warpAffine(page, m, (800, 900), borderValue=245)
+    assert forms.estimate_skew(forms.ink_mask(turned)) == pytest.approx(angle, abs=0.15)
+
+
+def test_estimate_skew_without_lines_is_zero() -> None:
+    page = _blank()
+    _write(page, "12345", 100, 200)
+    assert forms.estimate_skew(forms.ink_mask(page)) == 0.0
+
+
+def test_detects_each_kind_in_reading_order() -> None:
+    page = _blank()
+    truth = _draw_form(page)
+    structure = forms.detect_fields(forms.ink_mask(page))
+    kinds = [f.kind for f in structure.fields]
+    assert kinds == ["box", "comb", "underline"]
+    comb = structure.fields[1]
+    assert len(comb.cells) == 5
+    widths = [c.w for c in comb.cells]
+    assert max(widths) - min(widths) <= 3
+    for f in structure.fields:
+        t = truth[f.kind]
+        assert abs(f.bbox.x - t.x) <= 6 and abs(f.bbox.x2 - t.x2) <= 6
+        assert abs(f.bbox.y2 - t.y2) <= 6
+
+
+def test_heading_and_prompts_are_not_fields() -> None:
+    page = _blank()
+    cv2.putText(page, "ORDER FORM 2024", (60, 100), cv2.FONT_HERSHEY_DUPLEX, 2.0, 20, 3)
+    cv2.putText(page, "Please write in capitals", (60, 300), cv2.FONT_HERSHEY_SIMPLEX, 1, 20, 2)
+    assert forms.detect_fields(forms.ink_mask(page)).fields == ()
+
+
+def test_stroke_crossing_a_border_is_kept_and_border_removed() -> None:
+    page = _blank(300, 400)
+    cv2.rectangle(page, (100, 100), (300, 160), 20, 2)
+    cv2.line(page, (200, 120), (205, 185), 20, 4)  # crosses the bottom border
+    ink = forms.ink_mask(page)
+    s = forms.detect_fields(ink)
+    clean = forms.clean_ink(ink, s.h_lines, s.v_lines, s.line_width)
+    n, labels = cv2.connectedComponents(clean)
+    stroke = labels[130, 201]
+    assert stroke > 0 and labels[180, 204] == stroke, "the stroke was cut at the border"
+    assert clean[160, 150] == 0 and clean[130, 100] == 0, "border pixels left in the ink"
+    assert n - 1 == 1
+
+
+def test_stroke_resting_on_a_border_keeps_its_shape() -> None:
+    page = _blank(300, 400)
+    cv2.rectangle(page, (100, 100), (300, 160), 20, 2)
+    # The base of a "2": a horizontal stroke lying on the bottom border, with its body above.
+    cv2.line(page, (180, 158), (220, 158), 20, 4)
+    cv2.line(page, (180, 158), (215, 115), 20, 4)
+    ink = forms.ink_mask(page)
+    s = forms.detect_fields(ink)
+    clean = forms.clean_ink(ink, s.h_lines, s.v_lines, s.line_width)
+    base = clean[150:165, 180:222] > 0
+    assert base.any(axis=0).mean() > 0.9, "the stroke along the border was erased"
+    assert clean[160, 120] == 0 and clean[160, 280] == 0
+
+
+def test_read_fields_one_batch_prompts_ignored_and_empty_fields() -> None:
+    page = _blank()
+    _draw_form(page)
+    for k in (0, 1, 3):  # comb cells 1, 2 and 4 filled
+        _write(page, "4", 300 + 45 * k + 10, 345)
+    _write(page, "12", 320, 492)  # on the underline
+    counter = InkCounter()
+    res = forms.read_fields(page, classifiers={"digits": counter})  # type: ignore[dict-item]
+    assert [f.name for f in res.fields] == ["field_001", "field_002", "field_003"]
+    box, comb, under = res.fields
+    assert box.value == "" and box.chars == () and not box.needs_review
+    assert comb.value == "777" and len(comb.chars) == 3
+    assert under.value == "77"
+    assert counter.batches == [5], "all candidates of a page go in one batch"
+    # Character boxes lie inside their cells (page coordinates; this page is not skewed).
+    assert comb.chars[0].bbox.x >= 300 and comb.chars[0].bbox.x2 <= 350
+
+
+def test_field_boxes_map_back_to_the_skewed_page() -> None:
+    page = _blank()
+    truth = _draw_form(page)
+    m = cv2.getRotationMatrix2D((400, 450), 2.0, 1.0)
+    turned = cv2.warpAffine(page, m, (800, 900), borderValue=245)
+    res = forms.read_fields(turned, classifiers={"digits": InkCounter()})  # type: ignore[dict-item]
+    assert res.skew_angle == pytest.approx(2.0, abs=0.15)
+    comb = res.fields[1]
+    expected = forms.map_box(truth["comb"], m, turned.shape)
+    assert abs(comb.bbox.x - expected.x) <= 8 and abs(comb.bbox.y - expected.y) <= 8
+    assert abs(comb.bbox.w - expected.w) <= 12
+
+
+def _have_model() -> bool:
+    try:
+        model_path("digits")
+    except ModelError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="MNIST absent")
+@pytest.mark.skipif(not _have_model(), reason="digits model not built yet")
+def test_reads_generated_forms_with_the_digit_model() -> None:
+    digits = load_mnist_test(MNIST)
+    rng = np.random.default_rng(7)
+    clf = load_classifier("digits")
+    right = total = 0
+    for _ in range(2):
+        layout = make_layout(rng, n_fields=8)
+        form = render_form(layout, digits, rng, touch_prob=0.1, cross_prob=0.05)
+        res = forms.read_fields(form.gray, classifier=clf)
+        assert len(res.fields) == len(form.fields)
+        for f, t in zip(res.fields, form.fields, strict=True):
+            assert f.kind == t.kind
+            total += 1
+            right += f.value == t.value
+    assert right / total >= 0.8
