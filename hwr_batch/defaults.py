@@ -57,9 +57,9 @@ DARK_PAGE_LEVEL = 60
 MIN_INK_CONTRAST = 40
 #: Skew search range (degrees); the issue asks for +-10.
 MAX_SKEW_DEG = 10.0
-#: Rotations smaller than this are not applied: 0.1 deg moves the end of a 2,000 px line by
-#: 3.5 px, under a stroke width, and skipping the warp saves its cost.
-MIN_DESKEW_DEG = 0.1
+#: Rotations up to this are not applied: 0.15 deg moves the end of a 2,000 px line by
+#: 5 px, about a stroke width, and skipping the warp saves its cost.
+MIN_DESKEW_DEG = 0.15
 #: Ink pixels sampled for the skew profile: the projection's shape is stable long before this.
 SKEW_MAX_POINTS = 60_000
 #: Tiles per side used to decide between Otsu and Sauvola.
@@ -127,9 +127,9 @@ SPLIT_MAX_PIECE = 1.3
 #: Cut candidates kept per wide group (the pieces to score grow with the square of it).
 SPLIT_MAX_CUTS = 7
 #: Cost (nats of -log confidence) of each extra piece: a split must buy that much confidence.
-SPLIT_PENALTY = 0.4
+SPLIT_PENALTY = 0.2
 #: Cost per unit of width/height above 1 of a piece.
-SPLIT_WIDE_COST = 3.0
+SPLIT_WIDE_COST = 0.5
 #: Line grouping: a character joins a line when its vertical centre is within this many text
 #: heights of the line's centre.
 LINE_CENTER_TOLERANCE = 0.5
@@ -148,3 +148,11 @@ SPLIT_SHORT_COST = 6.0
 #: Flat components no taller than this (text heights, at least 2 px) and three times as wide are
 #: slivers of a faint ruled line, not pen strokes (a pen at 300 dpi draws 3 px or more).
 SLIVER_TEXT_HEIGHTS = 0.035
+#: Stacked pieces overlap in rows by at most this fraction of the shorter one: more is two
+#: neighbours whose slanted boxes overlap, not a character over its fragment.
+MERGE_STACK_MAX_Y_OVERLAP = 0.5
+#: Two pieces side by side merge when the classifier's -log confidence of the union beats the
+#: sum of the pieces plus this (nats); negative: the union must be clearly better.
+MERGE_BESIDE_BONUS = -0.1
+#: A flat piece (under this many text heights tall: the bar of a 5 or a 7) is a fragment too.
+FRAGMENT_MAX_FLAT = 0.3

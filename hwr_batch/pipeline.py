@@ -178,8 +178,22 @@ def _read_gray(
     template: str | os.PathLike[str] | None,
 ) -> PageResult:
     if forms or template is not None:
-        # Form reading (issue 4) plugs in here; until it exists, say so rather than guess.
-        raise BadArguments("form reading (--forms / --template) is not available in this build")
+        # Form mode (issue 4): only the fields are read; headings and prompts are not.
+        from hwr_batch.forms import read_fields
+
+        fr = read_fields(gray, charset=charset, template=template, classifier=clf)
+        h, w = gray.shape
+        return PageResult(
+            source=source,
+            page=page,
+            width=int(w),
+            height=int(h),
+            charset=charset,
+            fields=fr.fields,
+            skew_angle=fr.skew_angle,
+            warnings=fr.warnings,
+            timings={"load": load_s, **fr.timings, "total": time.perf_counter() - t0},
+        )
     analysis = analyse_page(gray, clf)
     t = time.perf_counter()
     lines = assemble(analysis.canvas_boxes, analysis.chars, analysis.prep.text_height)

@@ -100,12 +100,12 @@ def estimate_background(small: U8, kernel: int) -> U8:
     se = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
     bg = cv2.morphologyEx(small, cv2.MORPH_CLOSE, se)
     bg = cv2.blur(bg, (k, k))
-    return np.maximum(bg, 1)
+    return np.maximum(np.asarray(bg, np.uint8), 1)
 
 
 def flatten(gray: U8, background: U8) -> U8:
     """Divide the page by its background: paper -> 255, ink keeps its contrast ratio."""
-    return cv2.divide(gray, background, scale=255.0)
+    return np.asarray(cv2.divide(gray, background, scale=255.0), np.uint8)
 
 
 def _otsu(values: U8) -> float:
@@ -116,7 +116,8 @@ def _otsu(values: U8) -> float:
 def ink_threshold(flat: U8) -> float:
     """Global threshold for a flattened page, with a contrast floor.
 
-    Otsu splits any histogram in two, so on a blank page it would call half the paper noise
+    Ink is ``flat <= threshold`` (cv2 puts the Otsu value in the dark class). Otsu splits any
+    histogram in two, so on a blank page it would call half the paper noise
     "ink". The threshold is kept at least MIN_INK_CONTRAST plus four noise sigmas (from the
     median absolute deviation of the paper) below the paper level.
     """
@@ -191,7 +192,7 @@ def rotate(gray: U8, angle: float, fill: int = 255) -> tuple[U8, npt.NDArray[np.
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=fill,
     )
-    return out, cv2.invertAffineTransform(m).astype(np.float64)
+    return np.asarray(out, np.uint8), cv2.invertAffineTransform(m).astype(np.float64)
 
 
 def text_height(ink_small: BoolArr, factor: int) -> float:
@@ -203,8 +204,12 @@ def text_height(ink_small: BoolArr, factor: int) -> float:
     mask = ink_small.astype(np.uint8)
     w = mask.shape[1]
     long_k = max(15, w // 8)
-    rules = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((1, long_k), np.uint8))
-    rules |= cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((long_k, 1), np.uint8))
+    rules = np.asarray(
+        cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((1, long_k), np.uint8)), np.uint8
+    )
+    rules |= np.asarray(
+        cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((long_k, 1), np.uint8)), np.uint8
+    )
     mask &= 1 - rules
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
@@ -216,10 +221,16 @@ def text_height(ink_small: BoolArr, factor: int) -> float:
     plausible = (hs >= 3) & (area >= 4) & (ws <= 6 * hs) & (hs <= 0.3 * mask.shape[0])
     if not plausible.any():
         return 0.0
-    hs = hs[plausible]
-    # Take the median of the taller half: dots, dashes and fragments pull the plain median down.
-    hs = hs[hs >= np.median(hs)]
-    return float(np.median(hs)) * factor
+    hs, area = hs[plausible], area[plausible]
+    # The median weighted by ink: specks, dots and fragments are many but hold little ink.
+    order = np.argsort(hs)
+    cum = np.cumsum(area[order])
+    return float(hs[order][np.searchsorted(cum, cum[-1] / 2)]) * factor
+
+
+#: Rows (columns) taken along each side of a detected line, with it: the ragged edge that a
+#: rotated, anti-aliased line leaves after thresholding.
+_RIM = 7
 
 
 def _line_bands(
@@ -279,22 +290,24 @@ def remove_lines(ink: BoolArr, text_h: float, factor: int = 1) -> tuple[BoolArr,
     h, w = ink.shape
     for horizontal in (True, False):
         run_kernel = np.ones((1, length) if horizontal else (length, 1), np.uint8)
-        rim_kernel = np.ones((7, 1) if horizontal else (1, 7), np.uint8)
-        bridge_kernel = np.ones((bridge, 1) if horizontal else (1, bridge), np.uint8)
+        rim_kernel = np.ones((_RIM, 1) if horizontal else (1, _RIM), np.uint8)
+        # The gap to bridge is the line plus its rim on both sides.
+        across = bridge + _RIM
+        bridge_kernel = np.ones((across, 1) if horizontal else (1, across), np.uint8)
         gap_kernel = np.ones((3, bridge) if horizontal else (bridge, 3), np.uint8)
         for rows, cols in _line_bands(ink, length, factor, horizontal):
             # Grow the band across the line so the bridge sees the strokes on both sides.
             if horizontal:
-                rows = slice(max(0, rows.start - bridge), min(h, rows.stop + bridge))
+                rows = slice(max(0, rows.start - across), min(h, rows.stop + across))
             else:
-                cols = slice(max(0, cols.start - bridge), min(w, cols.stop + bridge))
-            band = ink[rows, cols].view(np.uint8)
+                cols = slice(max(0, cols.start - across), min(w, cols.stop + across))
+            band = np.ascontiguousarray(ink[rows, cols], dtype=np.uint8)
             # A faint line thresholds into dashes and stair steps: close short gaps first.
             joined = cv2.morphologyEx(band, cv2.MORPH_CLOSE, gap_kernel)
             line = cv2.morphologyEx(joined, cv2.MORPH_OPEN, run_kernel)
             if not line.any():
                 continue
-            line = cv2.dilate(line, rim_kernel) & band
+            line = np.asarray(cv2.dilate(line, rim_kernel), np.uint8) & band
             kept = band & (1 - line)
             # A closing across the line bridges the gap only where ink lies on both sides.
             crossing = cv2.morphologyEx(kept, cv2.MORPH_CLOSE, bridge_kernel)
@@ -314,14 +327,14 @@ def binarize(flat: U8, small_flat: U8, factor: int) -> tuple[BoolArr, str, float
     tiles = _tile_thresholds(small_flat, t)
     uneven = len(tiles) >= 4 and float(np.ptp(tiles)) > defaults.TILE_THRESHOLD_SPREAD
     if not uneven:
-        return flat < t, "otsu", t
+        return flat <= t, "otsu", t
     from skimage.filters import threshold_sauvola
 
     window = max(15, (int(defaults.SAUVOLA_WINDOW_PX) // 2) * 2 + 1)
     local = threshold_sauvola(flat, window_size=window, k=defaults.SAUVOLA_K)
     # Sauvola alone marks paper texture in blank areas; the global contrast floor stops that.
     ceiling = float(np.median(small_flat)) - defaults.MIN_INK_CONTRAST
-    return (flat < local) & (flat < ceiling), "sauvola", t
+    return (flat < local) & (flat <= ceiling), "sauvola", t
 
 
 def _tile_thresholds(small_flat: U8, global_t: float) -> npt.NDArray[np.float64]:
@@ -334,7 +347,7 @@ def _tile_thresholds(small_flat: U8, global_t: float) -> npt.NDArray[np.float64]
             tile = small_flat[i * h // n : (i + 1) * h // n, j * w // n : (j + 1) * w // n]
             if tile.size == 0:
                 continue
-            frac = float(np.count_nonzero(tile < global_t)) / tile.size
+            frac = float(np.count_nonzero(tile <= global_t)) / tile.size
             if 0.02 <= frac <= 0.5:
                 out.append(_otsu(tile))
     return np.asarray(out, np.float64)
@@ -357,8 +370,9 @@ def preprocess(gray: U8, max_skew: float = defaults.MAX_SKEW_DEG) -> Preprocesse
     notes: list[str] = []
 
     factor = _downscale_factor((h, w))
-    small = cv2.resize(
-        gray, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA
+    small = np.asarray(
+        cv2.resize(gray, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA),
+        np.uint8,
     )
     paper_level = float(np.percentile(small, 90))
     if paper_level < defaults.DARK_PAGE_LEVEL:
@@ -381,7 +395,7 @@ def preprocess(gray: U8, max_skew: float = defaults.MAX_SKEW_DEG) -> Preprocesse
     bg_small = estimate_background(small, bg_kernel)
     small_flat = flatten(small, bg_small)
     t_small = ink_threshold(small_flat)
-    ink_small = small_flat < t_small
+    ink_small = small_flat <= t_small
     timings["background"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -391,13 +405,13 @@ def preprocess(gray: U8, max_skew: float = defaults.MAX_SKEW_DEG) -> Preprocesse
     timings["deskew_angle"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
-    background = cv2.resize(bg_small, (w, h), interpolation=cv2.INTER_LINEAR)
+    background = np.asarray(cv2.resize(bg_small, (w, h), interpolation=cv2.INTER_LINEAR), np.uint8)
     flat = flatten(gray, background)
     to_page = identity
-    if abs(angle) >= defaults.MIN_DESKEW_DEG:
+    if abs(angle) > defaults.MIN_DESKEW_DEG + 1e-9:
         flat, to_page = rotate(flat, angle)
         small_flat_r, _ = rotate(small_flat, angle)
-        ink_small = small_flat_r < t_small
+        ink_small = small_flat_r <= t_small
     else:
         angle = 0.0
         small_flat_r = small_flat

@@ -89,9 +89,9 @@ def merge_fragments(stats: npt.NDArray[np.int32], text_h: float) -> list[list[in
     stats: int (N, 4) x, y, w, h of each component. Returns groups of indices (into stats).
     Two pieces merge when (a) one is stacked over the other: their columns overlap by at least
     MERGE_X_OVERLAP of the narrower one and the vertical gap is under MERGE_Y_GAP text heights;
-    or (b) they sit side by side across a gap under MERGE_X_GAP text heights with their rows
-    overlapping by MERGE_Y_OVERLAP of the shorter one. Either way the union must stay the size
-    of one character (MERGE_MAX_H x MERGE_MAX_W text heights).
+    or (b) one is a small fragment within FRAGMENT_GAP of the other. Either way the union must
+    stay the size of one character (MERGE_MAX_H x MERGE_MAX_W text heights). Pieces side by
+    side are left to :func:`_merge_beside`, which asks the classifier.
     """
     n = len(stats)
     uf = _UnionFind(n)
@@ -110,18 +110,23 @@ def merge_fragments(stats: npt.NDArray[np.int32], text_h: float) -> list[list[in
     uw = np.maximum(x2[:, None], x2[None, :]) - np.minimum(x[:, None], x[None, :])
     uh = np.maximum(y2[:, None], y2[None, :]) - np.minimum(y[:, None], y[None, :])
     fits = (uh <= defaults.MERGE_MAX_H * text_h) & (uw <= defaults.MERGE_MAX_W * text_h)
-    stacked = (x_ov >= defaults.MERGE_X_OVERLAP * min_w) & (-y_ov <= defaults.MERGE_Y_GAP * text_h)
-    beside = (
-        (-x_ov <= defaults.MERGE_X_GAP * text_h)
-        & (y_ov >= defaults.MERGE_Y_OVERLAP * min_h)
-        & (uw <= defaults.MERGE_BESIDE_MAX_W * text_h)
+    # One above the other: columns overlap, rows barely (else it is two neighbours whose
+    # slanted boxes overlap).
+    stacked = (
+        (x_ov >= defaults.MERGE_X_OVERLAP * min_w)
+        & (-y_ov <= defaults.MERGE_Y_GAP * text_h)
+        & (y_ov <= defaults.MERGE_STACK_MAX_Y_OVERLAP * min_h)
     )
     # A small fragment (a detached bar, a dot, the tail of a broken 8) may sit a little
     # further away than a hair-line crack between two big pieces.
-    small = np.maximum(w, h) < defaults.FRAGMENT_MAX_SIZE * text_h
+    small = (np.maximum(w, h) < defaults.FRAGMENT_MAX_SIZE * text_h) | (
+        h < defaults.FRAGMENT_MAX_FLAT * text_h
+    )
     near = (-x_ov <= defaults.FRAGMENT_GAP * text_h) & (-y_ov <= defaults.FRAGMENT_GAP * text_h)
     fragment = near & (small[:, None] | small[None, :])
-    cand = fits & (stacked | beside | fragment)
+    # Boxes that mostly overlap belong to one character broken in two (an open 0).
+    nested = (x_ov >= 0.5 * min_w) & (y_ov >= 0.5 * min_h)
+    cand = fits & (stacked | fragment | nested)
     np.fill_diagonal(cand, False)
     ii, jj = np.nonzero(np.triu(cand))
     # Closest pairs first, so a fragment joins its nearest neighbour.
@@ -251,9 +256,10 @@ def segment(
     if th <= 0 or not prep.ink.any():
         return seg
     ink = prep.ink
-    n, label_img, stats_all, _ = cv2.connectedComponentsWithStats(
+    n, labels_raw, stats_all, _ = cv2.connectedComponentsWithStats(
         ink.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
+    label_img = np.asarray(labels_raw, np.int32)
     stats = stats_all[1:, :4]
     ids = np.arange(1, n)
     seg.n_components = len(ids)
@@ -304,11 +310,14 @@ def segment(
         if len(members) > 1:
             seg.n_merged += len(members) - 1
 
-    heights = np.array([g.h for g in groups], np.float64)
     gray = prep.gray
+    crops = [_group_crop(gray, label_img, ink, g) for g in groups]
+    if scorer is not None:
+        groups, crops, n = _merge_beside(groups, crops, gray, label_img, ink, th, scorer)
+        seg.n_merged += n
+    heights = np.array([g.h for g in groups], np.float64)
     wide: list[tuple[_Group, npt.NDArray[np.uint8], npt.NDArray[np.bool_], list[int]]] = []
-    for g in groups:
-        crop, own = _group_crop(gray, label_img, ink, g)
+    for g, (crop, own) in zip(groups, crops, strict=True):
         if g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th) and len(heights):
             cuts = _cut_candidates(own, th)
             if cuts:
@@ -319,6 +328,88 @@ def segment(
     if wide:
         _split_wide(wide, th, scorer, seg)
     return seg
+
+
+def _merge_beside(
+    groups: list[_Group],
+    crops: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]],
+    gray: npt.NDArray[np.uint8],
+    label_img: npt.NDArray[np.int32],
+    ink: npt.NDArray[np.bool_],
+    th: float,
+    scorer: Scorer,
+) -> tuple[list[_Group], list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]], int]:
+    """Merge neighbours side by side when the classifier reads them better as one.
+
+    A stroke broken by a pen lift or a faint scan leaves two pieces side by side across a
+    hair-line gap, exactly like a narrow character (a 1) next to another. Geometry cannot tell
+    them apart; the classifier can: the pair merges when -log p(merged) is lower than
+    -log p(left) - log p(right) + MERGE_BESIDE_BONUS. One batched scoring call for the page.
+    """
+    if len(groups) < 2:
+        return groups, crops, 0
+    b = np.array([[g.x, g.y, g.w, g.h] for g in groups], np.float64)
+    x, y, w, h = b.T
+    x2, y2 = x + w, y + h
+    x_ov = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x[:, None], x[None, :])
+    y_ov = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y[:, None], y[None, :])
+    min_h = np.minimum(h[:, None], h[None, :])
+    uw = np.maximum(x2[:, None], x2[None, :]) - np.minimum(x[:, None], x[None, :])
+    uh = np.maximum(y2[:, None], y2[None, :]) - np.minimum(y[:, None], y[None, :])
+    cand = (
+        (-x_ov <= defaults.MERGE_X_GAP * th)
+        & (y_ov >= defaults.MERGE_Y_OVERLAP * min_h)
+        & (uw <= defaults.MERGE_BESIDE_MAX_W * th)
+        & (uh <= defaults.MERGE_MAX_H * th)
+    )
+    ii, jj = np.nonzero(np.triu(cand, 1))
+    if len(ii) == 0:
+        return groups, crops, 0
+    involved = sorted(set(ii.tolist()) | set(jj.tolist()))
+    merged_groups = []
+    images = [normalize(crops[i][0]) for i in involved]
+    for i, j in zip(ii, jj, strict=True):
+        gi, gj = groups[i], groups[j]
+        x0, y0 = min(gi.x, gj.x), min(gi.y, gj.y)
+        mg = _Group(
+            gi.labels + gj.labels,
+            x0,
+            y0,
+            max(gi.x + gi.w, gj.x + gj.w) - x0,
+            max(gi.y + gi.h, gj.y + gj.h) - y0,
+        )
+        merged_groups.append(mg)
+        images.append(normalize(_group_crop(gray, label_img, ink, mg)[0]))
+    conf = scorer(np.stack(images)).max(axis=1)
+    cost = -np.log(np.clip(conf, 1e-6, 1.0))
+    single = {g: float(cost[k]) for k, g in enumerate(involved)}
+    gain = [
+        single[int(i)]
+        + single[int(j)]
+        + defaults.MERGE_BESIDE_BONUS
+        - float(cost[len(involved) + k])
+        for k, (i, j) in enumerate(zip(ii, jj, strict=True))
+    ]
+    taken: set[int] = set()
+    replace: dict[int, _Group] = {}
+    for best in np.argsort(gain)[::-1]:
+        pair = int(best)
+        left, right = int(ii[pair]), int(jj[pair])
+        if gain[pair] <= 0:
+            break
+        if left in taken or right in taken:
+            continue
+        taken.update((left, right))
+        replace[left] = merged_groups[pair]
+    out_groups, out_crops = [], []
+    for k, (g, c) in enumerate(zip(groups, crops, strict=True)):
+        if k in replace:
+            out_groups.append(replace[k])
+            out_crops.append(_group_crop(gray, label_img, ink, replace[k]))
+        elif k not in taken:
+            out_groups.append(g)
+            out_crops.append(c)
+    return out_groups, out_crops, len(replace)
 
 
 def _split_wide(

@@ -1,0 +1,171 @@
+"""Preprocess stage on synthetic pages: deskew, flattening and binarisation, line removal."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from hwr_batch.preprocess import binarize, preprocess, remove_lines, rotate, skew_angle
+
+RNG = np.random.default_rng(0)
+
+
+def text_ink(
+    shape: tuple[int, int] = (1200, 900), lines: int = 8, size: float = 1.6, seed: int = 0
+) -> np.ndarray:
+    """Ink mask (bool) of lines of digits drawn with a Hershey font: about 45 px tall."""
+    rng = np.random.default_rng(seed)
+    canvas = np.zeros(shape, np.uint8)
+    for i in range(lines):
+        digits = "".join(str(d) for d in rng.integers(0, 10, 14))
+        text = " ".join(digits[k : k + int(rng.integers(2, 6))] for k in range(0, 14, 5))
+        y = 150 + i * int(shape[0] * 0.8 / lines)
+        cv2.putText(canvas, text, (80, y), cv2.FONT_HERSHEY_SIMPLEX, size, 255, 5, cv2.LINE_AA)
+    return canvas > 127
+
+
+def render(ink: np.ndarray, paper: float = 235.0, ink_level: float = 30.0) -> np.ndarray:
+    return np.where(ink, ink_level, paper).astype(np.uint8)
+
+
+def rotated(gray: np.ndarray, angle: float) -> np.ndarray:
+    h, w = gray.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    return cv2.warpAffine(gray, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=235)
+
+
+@pytest.mark.parametrize("angle", [-7.0, -2.5, 0.0, 4.0, 9.0])
+def test_deskew_recovers_known_angle(angle: float) -> None:
+    page = rotated(render(text_ink()), angle)
+    prep = preprocess(page)
+    # preprocess reports the rotation that undoes the skew.
+    assert prep.angle == pytest.approx(-angle, abs=0.35)
+    assert not any("clipped" in w for w in prep.warnings)
+
+
+def test_deskew_with_few_characters() -> None:
+    ink = np.zeros((800, 800), bool)
+    ink[:] = text_ink((800, 800), lines=1, seed=3)
+    page = rotated(render(ink), 5.0)
+    assert preprocess(page).angle == pytest.approx(-5.0, abs=0.5)
+
+
+def test_skew_angle_on_small_mask_is_clipped_at_the_range() -> None:
+    ink = text_ink((600, 600), lines=5)
+    tilted = rotated(render(ink), 13.0) < 128
+    angle, clipped = skew_angle(tilted, max_deg=10.0)
+    assert abs(angle) <= 10.0
+    assert clipped
+
+
+def test_binarisation_survives_lighting_gradient() -> None:
+    ink = text_ink()
+    h, w = ink.shape
+    # Light falls from 250 on the left to 90 on the right; ink keeps 15% of the light.
+    light = np.linspace(250, 90, w, dtype=np.float32)[None, :].repeat(h, 0)
+    page = np.where(ink, light * 0.15, light)
+    page = np.clip(page + RNG.normal(0, 3, page.shape), 0, 255).astype(np.uint8)
+    prep = preprocess(page)
+    found = prep.ink
+    assert prep.angle == 0.0
+    truth = ink
+    recall = (found & truth).sum() / truth.sum()
+    false_ink = (found & ~cv2.dilate(truth.astype(np.uint8), np.ones((5, 5))).astype(bool)).sum()
+    assert recall > 0.9
+    # A single global threshold on the raw page would call the dark right side ink.
+    assert false_ink / (~truth).sum() < 0.002
+
+
+def test_binarize_picks_sauvola_for_uneven_contrast() -> None:
+    ink = text_ink((900, 900), lines=6)
+    flat = np.full(ink.shape, 255, np.uint8)
+    left = np.zeros_like(ink)
+    left[:, :450] = True
+    flat[ink & left] = 150  # faint pencil on the left half
+    flat[ink & ~left] = 10  # dark pen on the right half
+    small = cv2.resize(flat, (225, 225), interpolation=cv2.INTER_AREA)
+    mask, method, _ = binarize(flat, small, 4)
+    assert method == "sauvola"
+    assert (mask & ink & left).sum() / (ink & left).sum() > 0.8
+    assert (mask & ~ink).sum() < 0.002 * ink.size
+
+
+def test_blank_and_noisy_blank_pages_have_no_ink() -> None:
+    blank = np.full((1000, 800), 230, np.uint8)
+    assert not preprocess(blank).ink.any()
+    noisy = np.clip(230 + RNG.normal(0, 8, (1000, 800)), 0, 255).astype(np.uint8)
+    prep = preprocess(noisy)
+    assert prep.ink.mean() < 0.001
+
+
+def test_all_black_page_is_reported_not_thresholded() -> None:
+    prep = preprocess(np.zeros((600, 500), np.uint8))
+    assert not prep.ink.any()
+    assert prep.binarization == "none"
+    assert any("dark" in w for w in prep.warnings)
+
+
+def test_ruled_line_removed_but_crossing_stroke_kept() -> None:
+    ink = np.zeros((600, 1000), bool)
+    ink[300:303, 20:980] = True  # a ruled line, 3 px thick
+    ink[250:350, 500:506] = True  # a stroke crossing it
+    ink[200:260, 100:106] = True  # a stroke ending on it from above ...
+    ink[303:330, 700:706] = True  # ... and one hanging below it
+    cleaned, removed = remove_lines(ink, text_h=60.0)
+    assert not cleaned[301, 50] and not cleaned[301, 900]  # the line is gone
+    assert removed[301, 50]
+    assert cleaned[300:303, 500:506].all()  # the crossing stroke is whole
+    n, _ = cv2.connectedComponents(cleaned[:, 450:560].astype(np.uint8))
+    assert n - 1 == 1  # ... in one piece
+    assert cleaned[250:300, 500:506].all() and cleaned[303:350, 500:506].all()
+    assert cleaned[200:260, 100:106].all() and cleaned[310:330, 700:706].all()
+
+
+def test_vertical_border_removed_and_downscaled_search_agrees() -> None:
+    ink = np.zeros((800, 600), bool)
+    ink[50:750, 300:303] = True  # a box border
+    ink[400:406, 250:350] = True  # a horizontal stroke crossing it
+    for factor in (1, 4):
+        cleaned, removed = remove_lines(ink, text_h=60.0, factor=factor)
+        assert not cleaned[100, 301] and removed[100, 301]
+        assert cleaned[400:406, 250:350].all()
+
+
+def test_short_strokes_are_not_lines() -> None:
+    ink = np.zeros((400, 400), bool)
+    ink[200:205, 100:220] = True  # 120 px: two text heights, a long stroke, not a rule
+    cleaned, removed = remove_lines(ink, text_h=60.0)
+    assert cleaned[200:205, 100:220].all() and not removed.any()
+
+
+def test_ruled_page_end_to_end() -> None:
+    ink = text_ink()
+    for y in range(110, 1200, 119):
+        ink[y : y + 3, :] = True
+    prep = preprocess(rotated(render(ink), 3.0))
+    assert prep.angle == pytest.approx(-3.0, abs=0.35)
+    assert prep.lines_removed.sum() > 0.8 * 9 * 3 * 900
+    n, _, stats, _ = cv2.connectedComponentsWithStats(prep.ink.astype(np.uint8))
+    assert stats[1:, cv2.CC_STAT_WIDTH].max() < 300  # no rule left
+
+
+def test_boxes_map_back_through_the_rotation() -> None:
+    page = np.full((500, 700), 235, np.uint8)
+    page[200:240, 300:330] = 20
+    rot = rotated(page, 6.0)
+    prep = preprocess(rot)
+    # Find the block on the deskewed canvas and map its box back to the page.
+    ys, xs = np.nonzero(prep.gray < 128)
+    box = np.array([[xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]])
+    x, y, w, h = prep.boxes_to_page(box)[0]
+    ys0, xs0 = np.nonzero(rot < 128)
+    assert abs(x - xs0.min()) <= 4 and abs(y - ys0.min()) <= 4
+    assert abs((x + w) - xs0.max()) <= 4 and abs((y + h) - ys0.max()) <= 4
+
+
+def test_rotate_keeps_the_whole_page() -> None:
+    page = np.zeros((100, 200), np.uint8)
+    out, back = rotate(page, 10.0, fill=0)
+    assert out.shape[0] > 100 and out.shape[1] > 200
+    assert back.shape == (2, 3)

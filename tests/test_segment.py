@@ -1,0 +1,173 @@
+"""Segment stage on synthetic pages: noise, fragments, touching characters, clean crops."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from hwr_batch.classify import Classifier, load_classifier
+from hwr_batch.errors import ModelError
+from hwr_batch.normalize import normalize
+from hwr_batch.preprocess import preprocess
+from hwr_batch.segment import Segmentation, merge_fragments, segment
+
+PEN = 6
+
+
+@pytest.fixture(scope="module")
+def digits() -> Classifier:
+    try:
+        return load_classifier("digits")
+    except ModelError as exc:
+        pytest.skip(f"no digits model in hwr_batch/models ({exc})")
+
+
+def ring(canvas: np.ndarray, cx: int, cy: int, rx: int = 20, ry: int = 30) -> None:
+    """A handwritten-looking zero: an ellipse outline."""
+    cv2.ellipse(canvas, (cx, cy), (rx, ry), 0, 0, 360, 255, PEN, cv2.LINE_AA)
+
+
+def page_with(draw, shape: tuple[int, int] = (500, 900), n_rings: int = 6) -> np.ndarray:
+    """Gray page: a row of separate zeros (they set the text height) plus what ``draw`` adds."""
+    ink = np.zeros(shape, np.uint8)
+    for i in range(n_rings):
+        ring(ink, 80 + 70 * i, 120)
+    draw(ink)
+    return np.where(ink > 127, 25, 235).astype(np.uint8)
+
+
+def boxes(seg: Segmentation) -> list[tuple[int, int, int, int]]:
+    return sorted(c.bbox for c in seg.chars)
+
+
+def in_row(seg: Segmentation, y0: int, y1: int) -> list[tuple[int, int, int, int]]:
+    return sorted(b for b in boxes(seg) if y0 <= b[1] + b[3] / 2 < y1)
+
+
+def test_separate_characters_and_text_height() -> None:
+    seg = segment(preprocess(page_with(lambda ink: None)))
+    assert len(seg.chars) == 6
+    assert seg.text_height == pytest.approx(66, abs=6)
+    for c in seg.chars:
+        assert c.image.shape == (28, 28) and c.image.dtype == np.float32
+        assert c.image.min() >= 0.0 and c.image.max() <= 1.0 and c.image.max() > 0.5
+
+
+def test_specks_are_noise_relative_to_text_height() -> None:
+    rng = np.random.default_rng(1)
+
+    def specks(ink: np.ndarray) -> None:
+        for _ in range(80):
+            y, x = int(rng.integers(200, 480)), int(rng.integers(10, 880))
+            ink[y : y + 3, x : x + 3] = 255
+
+    seg = segment(preprocess(page_with(specks)))
+    assert len(seg.chars) == 6
+    assert seg.n_noise >= 70
+
+
+def test_fragments_of_one_character_are_merged() -> None:
+    def five_and_i(ink: np.ndarray) -> None:
+        # A 5 whose top bar was lifted off the body: a hook and a separate bar.
+        cv2.line(ink, (300, 290), (300, 320), 255, PEN)
+        cv2.ellipse(ink, (310, 340), (22, 20), 0, 200, 520, 255, PEN)
+        cv2.line(ink, (306, 278), (336, 278), 255, PEN)
+        # An i: a stem and its dot.
+        cv2.line(ink, (500, 300), (500, 360), 255, PEN)
+        cv2.circle(ink, (500, 282), 5, 255, -1)
+
+    seg = segment(preprocess(page_with(five_and_i)))
+    row = in_row(seg, 250, 400)
+    assert len(row) == 2, row
+    five, i = row
+    assert five[1] <= 278 and five[1] + five[3] >= 355  # bar and hook in one box
+    assert i[1] <= 280 and i[1] + i[3] >= 358  # dot and stem in one box
+    assert seg.n_merged >= 2
+
+
+def test_merge_fragments_keeps_neighbours_apart() -> None:
+    th = 60.0
+    stats = np.array(
+        [
+            [0, 20, 40, 60],  # a character
+            [50, 20, 40, 60],  # its neighbour, 10 px away
+            [100, 0, 30, 10],  # a bar over the third character
+            [100, 22, 35, 58],  # the third character
+        ]
+    )
+    groups = sorted(sorted(g) for g in merge_fragments(stats, th))
+    assert groups == [[0], [1], [2, 3]]
+
+
+def test_touching_zeros_in_one_stroke_are_split(digits: Classifier) -> None:
+    def chain(ink: np.ndarray) -> None:
+        for k in range(3):
+            ring(ink, 200 + 38 * k, 330)  # overlapping outlines: one connected component
+
+    page = page_with(chain)
+    prep = preprocess(page)
+    n, _ = cv2.connectedComponents(prep.ink[250:400].astype(np.uint8))
+    assert n - 1 == 1  # the three zeros really touch
+    seg = segment(prep, scorer=digits.predict_proba)
+    row = in_row(seg, 250, 400)
+    assert len(row) == 3, row
+    assert seg.n_split == 2
+    labels, _ = digits.predict(np.stack([c.image for c in seg.chars]))
+    assert labels.count("0") == 9  # six separate zeros and the three of the chain
+
+
+def test_wide_single_character_is_not_split(digits: Classifier) -> None:
+    page = page_with(lambda ink: ring(ink, 400, 330, rx=34, ry=30))
+    seg = segment(preprocess(page), scorer=digits.predict_proba)
+    assert len(in_row(seg, 250, 400)) == 1
+
+
+def test_broken_stroke_merged_by_recognition(digits: Classifier) -> None:
+    def broken(ink: np.ndarray) -> None:
+        ring(ink, 400, 330)
+        ink[:, 398:401] = 0  # a pen lift cuts the zero into left and right halves
+
+    seg = segment(preprocess(page_with(broken)), scorer=digits.predict_proba)
+    row = in_row(seg, 250, 400)
+    assert len(row) == 1, row
+    x, _, w, _ = row[0]
+    assert x <= 382 and x + w >= 418
+
+
+def test_without_scorer_wide_groups_are_cut_by_width() -> None:
+    def chain(ink: np.ndarray) -> None:
+        for k in range(3):
+            ring(ink, 200 + 38 * k, 330)
+
+    seg = segment(preprocess(page_with(chain)))
+    assert len(in_row(seg, 250, 400)) >= 2
+
+
+def test_crop_blanks_neighbouring_ink() -> None:
+    def zero_and_intruder(ink: np.ndarray) -> None:
+        ring(ink, 400, 330)
+        # A slanted stroke whose box reaches into the zero's box without touching it.
+        cv2.line(ink, (450, 380), (426, 300), 255, PEN)
+
+    page = page_with(zero_and_intruder)
+    seg = segment(preprocess(page))
+    zero = [c for c in seg.chars if abs(c.bbox[0] + c.bbox[2] / 2 - 400) < 10 and c.bbox[1] > 250]
+    assert len(zero) == 1
+    alone = np.full((500, 900), 235, np.uint8)
+    ink = np.zeros_like(alone)
+    ring(ink, 400, 330)
+    alone[ink > 127] = 25
+    x, y, w, h = zero[0].bbox
+    expected = normalize(alone[y : y + h, x : x + w])
+    assert np.abs(zero[0].image - expected).max() < 0.15
+
+
+def test_region_limits_the_search() -> None:
+    seg = segment(preprocess(page_with(lambda ink: None)), region=(0, 0, 220, 500))
+    assert len(seg.chars) == 2  # the rings at x = 80 and 150
+
+
+def test_blank_page_gives_no_characters() -> None:
+    seg = segment(preprocess(np.full((400, 400), 240, np.uint8)))
+    assert seg.chars == [] and seg.text_height == 0.0
