@@ -310,7 +310,7 @@ def remove_lines(ink: BoolArr, text_h: float, factor: int = 1) -> tuple[BoolArr,
             line = np.asarray(cv2.dilate(line, rim_kernel), np.uint8) & band
             kept = band & (1 - line)
             # A closing across the line bridges the gap only where ink lies on both sides.
-            crossing = cv2.morphologyEx(kept, cv2.MORPH_CLOSE, bridge_kernel)
+            crossing = np.asarray(cv2.morphologyEx(kept, cv2.MORPH_CLOSE, bridge_kernel), np.uint8)
             removed[rows, cols] |= (line & (1 - crossing)).astype(bool)
     if not removed.any():
         return ink, removed
