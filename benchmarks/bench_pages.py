@@ -197,6 +197,18 @@ class RunResult:
     steady_pages_per_s: float | None = None
 
 
+#: CPUs the readers may use (``--cpus``); None: no pinning.
+_CPUS: set[int] | None = None
+
+
+def _pinned(cmd: list[str]) -> list[str]:
+    """``cmd`` run on ``--cpus`` only, through ``taskset`` (child processes inherit the mask;
+    a ``preexec_fn`` would not be safe next to the Tesseract threads)."""
+    if not _CPUS:
+        return cmd
+    return ["taskset", "-c", ",".join(map(str, sorted(_CPUS))), *cmd]
+
+
 def run_cli(
     kind: str, pages_dir: Path, outdir: Path, jobs: int, rss_every: float = 0.0
 ) -> RunResult:
@@ -222,7 +234,7 @@ def run_cli(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
     wall0 = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_pinned(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     monitor = RssMonitor(proc.pid, outdir, every=rss_every)
     monitor.start()
     out, err = proc.communicate()
@@ -273,7 +285,7 @@ def _tesseract_one(path: Path, whitelist: str) -> str:
         "-c",
         f"tessedit_char_whitelist={whitelist}",
     ]
-    done = subprocess.run(cmd, capture_output=True, env=env, check=False)
+    done = subprocess.run(_pinned(cmd), capture_output=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"tesseract failed on {path}: {done.stderr.decode(errors='replace')}")
     return done.stdout.decode("utf-8", errors="replace")
@@ -318,6 +330,8 @@ def stage_seconds(kind: str, files: list[Path], n: int) -> dict[str, float]:
     from hwr_batch.pipeline import read_page
 
     cv2.setNumThreads(1)
+    if _CPUS:
+        os.sched_setaffinity(0, _CPUS)
     charset = CHARSET_OF_KIND[kind]
     clf = load_classifier(charset, threads=1)
     files = files[:n]
@@ -428,8 +442,10 @@ def markdown_report(
         f"{meta['page_size'][0]}x{meta['page_size'][1]} px with about "
         f"{meta['chars_per_page']} characters, --jobs {meta['jobs']}, seed {meta['seed']})",
         "",
-        f"Machine: {meta['cpus']} CPUs, {meta['platform']}; load average at start "
-        f"{meta['loadavg_start']}. Tesseract: {meta['tesseract'] or 'not run'}.",
+        f"Machine: {meta['cpu_count']} CPUs"
+        + (f" (readers pinned to CPUs {meta['cpus']})" if meta["cpus"] else "")
+        + f", {meta['platform']}; load average at start {meta['loadavg_start']}, at end "
+        f"{meta.get('loadavg_end', '?')}. Tesseract: {meta['tesseract'] or 'not run'}.",
         "",
         "| kind | reader | pages | failed | truth chars | CER | pages/s | chars/s "
         "| pages/s after 1st page | 1st page s | peak RSS/worker MB |",
@@ -627,6 +643,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=(*KINDS, "all"), default="all", help="page kind")
     p.add_argument("--jobs", type=int, default=2, help="worker processes, ours and Tesseract's")
     p.add_argument("--no-tesseract", action="store_true", help="skip the Tesseract comparison")
+    p.add_argument(
+        "--cpus",
+        type=lambda t: {int(c) for c in t.split(",")},
+        metavar="LIST",
+        help="pin both readers (and the stage timing) to these CPUs, e.g. 0,1 (default: none)",
+    )
+    p.add_argument(
+        "--gen-jobs", type=int, help="processes drawing the pages (default: --jobs; not timed)"
+    )
     p.add_argument("--out", type=Path, help="working folder (default: a new temporary folder)")
     p.add_argument("--seed", type=int, default=0, help="page generator seed")
     p.add_argument(
@@ -671,6 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pages < 1 or args.jobs < 1:
         print("bench_pages: --pages and --jobs must be at least 1", file=sys.stderr)
         return 2
+    global _CPUS
+    _CPUS = args.cpus
     if args.datasets is not None:
         os.environ["HWR_DATASETS"] = str(args.datasets.resolve())
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
@@ -682,11 +709,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pages_per_kind": args.pages,
         "unique_pages_per_kind": args.unique or args.pages,
         "jobs": args.jobs,
+        "cpus": sorted(args.cpus) if args.cpus else None,
         "seed": args.seed,
         "page_size": list(args.size),
         "chars_per_page": args.chars,
         "stage_pages": args.stage_pages,
-        "cpus": os.cpu_count(),
+        "cpu_count": os.cpu_count(),
         "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "tesseract": tess,
@@ -706,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.pages,
             args.seed,
             pages_dir,
-            args.jobs,
+            args.gen_jobs or args.jobs,
             args.unique,
             args.size,
             args.chars,
