@@ -76,7 +76,7 @@ SPLIT_ASPECT = 0.95
 #: stroke ink must lie on both sides for the line pixels between to count as a crossing.
 CROSS_REACH = 2
 #: Share of a component's pixels that must lie in a reading zone for it to belong there.
-MIN_INSIDE_SHARE = 0.4
+MIN_INSIDE_SHARE = 0.25
 #: Neighbouring pieces at most this wide together (in character heights) and this far apart
 #: may be one broken character.
 MERGE_WIDTH = 1.1
@@ -584,7 +584,12 @@ def clean_ink(
             seed |= near
         flag = seed & line_b
         for _ in range(steps):
-            flag |= _shift(flag, dy, dx) & line_b
+            step = _shift(flag, dy, dx)
+            if not strong:
+                # A slanted stroke (the stem of a 7) crosses a thick border sideways: let the
+                # walk spread one pixel sideways per step; the two walks' overlap is the stroke.
+                step |= _shift(step, dx, dy) | _shift(step, -dx, -dy)
+            flag |= step & line_b
         return flag
 
     down, up = walk(widened, hb, 1, 0, False), walk(widened, hb, -1, 0, False)
