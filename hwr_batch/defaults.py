@@ -122,10 +122,10 @@ SPLIT_MIN_ASPECT = 0.95
 #: Typical character width (text heights), for the even cut candidates.
 SPLIT_CHAR_WIDTH = 0.65
 #: Pieces narrower / wider than this (text heights) are not considered as one character.
-SPLIT_MIN_PIECE = 0.15
-SPLIT_MAX_PIECE = 1.3
+SPLIT_MIN_PIECE = 0.18
+SPLIT_MAX_PIECE = 1.2
 #: Cut candidates kept per wide group (the pieces to score grow with the square of it).
-SPLIT_MAX_CUTS = 7
+SPLIT_MAX_CUTS = 5
 #: Cost (nats of -log confidence) of each extra piece: a split must buy that much confidence.
 SPLIT_PENALTY = 0.2
 #: Cost per unit of width/height above 1 of a piece.
@@ -156,3 +156,14 @@ MERGE_STACK_MAX_Y_OVERLAP = 0.5
 MERGE_BESIDE_BONUS = -0.1
 #: A flat piece (under this many text heights tall: the bar of a 5 or a 7) is a fragment too.
 FRAGMENT_MAX_FLAT = 0.3
+#: A wide group read whole with at least this confidence is not searched for splits (touching
+#: pairs read whole score under 0.9 in measurements on generated pages; single wide characters
+#: mostly above 0.95) ...
+SPLIT_CONFIDENT = 0.95
+#: ... unless it is wider than this (width / height): then it is always searched.
+SPLIT_ALWAYS_ASPECT = 1.6
+#: Crops are shrunk to this long side before normalising (the model sees a 20-px glyph; larger
+#: crops only cost time in the normaliser).
+NORMALIZE_MAX_SIDE = 48
+#: A split piece spans at most this many intervals between neighbouring cut candidates.
+SPLIT_MAX_SPAN = 3

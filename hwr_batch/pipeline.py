@@ -95,8 +95,16 @@ def classify_candidates(seg: Segmentation, prep: Preprocessed, clf: Classifier) 
     """One batched classification of every character of a page -> Chars (page boxes)."""
     if not seg.chars:
         return []
-    batch = np.stack([c.image for c in seg.chars])
-    proba = clf.predict_proba(batch)
+    # Segmentation already classified most characters (it needs their confidence to decide
+    # merges and splits); only the rest are classified here, in one batch.
+    todo = [i for i, c in enumerate(seg.chars) if c.proba is None]
+    fresh = clf.predict_proba(np.stack([seg.chars[i].image for i in todo])) if todo else None
+    proba = np.zeros((len(seg.chars), len(clf.labels)), np.float32)
+    for i, c in enumerate(seg.chars):
+        if c.proba is not None:
+            proba[i] = c.proba
+    if fresh is not None:
+        proba[todo] = fresh
     top = clf.topk(proba, defaults.TOP_K)
     boxes = prep.boxes_to_page(np.array([c.bbox for c in seg.chars], np.float64))
     out = []

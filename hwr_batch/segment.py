@@ -256,10 +256,20 @@ def segment(
     if th <= 0 or not prep.ink.any():
         return seg
     ink = prep.ink
+    # Label only the part of the page that holds ink (a page of 300 characters fills half of
+    # it): labelling costs per pixel. Boxes are shifted back to page coordinates below.
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    oy, ox = int(rows[0]), int(cols[0])
+    window = (slice(oy, int(rows[-1]) + 1), slice(ox, int(cols[-1]) + 1))
     n, labels_raw, stats_all, _ = cv2.connectedComponentsWithStats(
-        ink.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+        np.ascontiguousarray(ink[window], dtype=np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
-    label_img = np.asarray(labels_raw, np.int32)
+    label_img = np.zeros(ink.shape, np.int32)
+    label_img[window] = labels_raw
+    stats_all = stats_all.copy()
+    stats_all[:, 0] += ox
+    stats_all[:, 1] += oy
     stats = stats_all[1:, :4]
     ids = np.arange(1, n)
     seg.n_components = len(ids)
@@ -312,42 +322,93 @@ def segment(
 
     gray = prep.gray
     crops = [_group_crop(gray, label_img, ink, g) for g in groups]
-    if scorer is not None:
-        groups, crops, n = _merge_beside(groups, crops, gray, label_img, ink, th, scorer)
-        seg.n_merged += n
-    heights = np.array([g.h for g in groups], np.float64)
-    wide: list[tuple[_Group, npt.NDArray[np.uint8], npt.NDArray[np.bool_], list[int]]] = []
-    for g, (crop, own) in zip(groups, crops, strict=True):
-        if g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th) and len(heights):
+    images = [model_input(crop) for crop, _ in crops]
+    probas: list[npt.NDArray[np.float32] | None] = [None] * len(groups)
+    if scorer is not None and groups:
+        # The page's one batched classification; the split search below only scores pieces.
+        probas = list(scorer(np.stack(images)))
+        merged = _merge_beside(groups, crops, images, probas, gray, label_img, ink, th, scorer)
+        groups, crops, images, probas, n_beside = merged
+        seg.n_merged += n_beside
+    wide: list[_Wide] = []
+    for g, (crop, own), image, proba in zip(groups, crops, images, probas, strict=True):
+        aspect = g.w / max(g.h, 1)
+        if g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th) and not (
+            proba is not None
+            and float(proba.max()) >= defaults.SPLIT_CONFIDENT
+            and aspect <= defaults.SPLIT_ALWAYS_ASPECT
+        ):
             cuts = _cut_candidates(own, th)
             if cuts:
-                wide.append((g, crop, own, cuts))
+                wide.append(_Wide(g, crop, own, cuts, image, proba))
                 continue
-        seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), normalize(crop)))
+        seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), image, proba))
 
     if wide:
         _split_wide(wide, th, scorer, seg)
     return seg
 
 
+def model_input(crop: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """A character crop -> the normalised model input, float32 (28, 28).
+
+    Crops far larger than the model's input are first shrunk (area averaging) to
+    NORMALIZE_MAX_SIDE on their long side: the normaliser fits the glyph into a 20-px box anyway,
+    and its cost grows with the crop's pixels.
+    """
+    h, w = crop.shape
+    side = max(h, w)
+    if side > defaults.NORMALIZE_MAX_SIDE:
+        f = defaults.NORMALIZE_MAX_SIDE / side
+        crop = np.asarray(
+            cv2.resize(
+                crop,
+                (max(1, int(round(w * f))), max(1, int(round(h * f)))),
+                interpolation=cv2.INTER_AREA,
+            ),
+            np.uint8,
+        )
+    return normalize(crop)
+
+
+@dataclass
+class _Wide:
+    """A group that may hold several touching characters, with what the split search needs."""
+
+    group: _Group
+    crop: npt.NDArray[np.uint8]
+    own: npt.NDArray[np.bool_]
+    cuts: list[int]
+    image: npt.NDArray[np.float32]
+    proba: npt.NDArray[np.float32] | None
+
+
+_Crop = tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]
+_Proba = npt.NDArray[np.float32] | None
+
+
 def _merge_beside(
     groups: list[_Group],
-    crops: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]],
+    crops: list[_Crop],
+    images: list[npt.NDArray[np.float32]],
+    probas: list[_Proba],
     gray: npt.NDArray[np.uint8],
     label_img: npt.NDArray[np.int32],
     ink: npt.NDArray[np.bool_],
     th: float,
     scorer: Scorer,
-) -> tuple[list[_Group], list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]], int]:
+) -> tuple[list[_Group], list[_Crop], list[npt.NDArray[np.float32]], list[_Proba], int]:
     """Merge neighbours side by side when the classifier reads them better as one.
 
     A stroke broken by a pen lift or a faint scan leaves two pieces side by side across a
     hair-line gap, exactly like a narrow character (a 1) next to another. Geometry cannot tell
     them apart; the classifier can: the pair merges when -log p(merged) is lower than
-    -log p(left) - log p(right) + MERGE_BESIDE_BONUS. One batched scoring call for the page.
+    -log p(left) - log p(right) + MERGE_BESIDE_BONUS. The pieces' probabilities come from the
+    page's batch; the unions are scored in one more call.
     """
+    same = (groups, crops, images, probas, 0)
     if len(groups) < 2:
-        return groups, crops, 0
+        return same
     b = np.array([[g.x, g.y, g.w, g.h] for g in groups], np.float64)
     x, y, w, h = b.T
     x2, y2 = x + w, y + h
@@ -364,11 +425,10 @@ def _merge_beside(
     )
     ii, jj = np.nonzero(np.triu(cand, 1))
     if len(ii) == 0:
-        return groups, crops, 0
-    involved = sorted(set(ii.tolist()) | set(jj.tolist()))
-    merged_groups = []
-    images = [normalize(crops[i][0]) for i in involved]
-    for i, j in zip(ii, jj, strict=True):
+        return same
+    merged_groups: list[_Group] = []
+    merged_crops: list[_Crop] = []
+    for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
         gi, gj = groups[i], groups[j]
         x0, y0 = min(gi.x, gj.x), min(gi.y, gj.y)
         mg = _Group(
@@ -379,19 +439,19 @@ def _merge_beside(
             max(gi.y + gi.h, gj.y + gj.h) - y0,
         )
         merged_groups.append(mg)
-        images.append(normalize(_group_crop(gray, label_img, ink, mg)[0]))
-    conf = scorer(np.stack(images)).max(axis=1)
-    cost = -np.log(np.clip(conf, 1e-6, 1.0))
-    single = {g: float(cost[k]) for k, g in enumerate(involved)}
+        merged_crops.append(_group_crop(gray, label_img, ink, mg))
+    merged_images = [model_input(c) for c, _ in merged_crops]
+    merged_proba = scorer(np.stack(merged_images))
+
+    def cost(p: _Proba) -> float:
+        return float(-np.log(np.clip(p.max(), 1e-6, 1.0))) if p is not None else 0.0
+
     gain = [
-        single[int(i)]
-        + single[int(j)]
-        + defaults.MERGE_BESIDE_BONUS
-        - float(cost[len(involved) + k])
-        for k, (i, j) in enumerate(zip(ii, jj, strict=True))
+        cost(probas[i]) + cost(probas[j]) + defaults.MERGE_BESIDE_BONUS - cost(merged_proba[k])
+        for k, (i, j) in enumerate(zip(ii.tolist(), jj.tolist(), strict=True))
     ]
     taken: set[int] = set()
-    replace: dict[int, _Group] = {}
+    replace: dict[int, int] = {}
     for best in np.argsort(gain)[::-1]:
         pair = int(best)
         left, right = int(ii[pair]), int(jj[pair])
@@ -400,89 +460,106 @@ def _merge_beside(
         if left in taken or right in taken:
             continue
         taken.update((left, right))
-        replace[left] = merged_groups[pair]
-    out_groups, out_crops = [], []
-    for k, (g, c) in enumerate(zip(groups, crops, strict=True)):
+        replace[left] = pair
+    if not replace:
+        return same
+    out: tuple[list[_Group], list[_Crop], list[npt.NDArray[np.float32]], list[_Proba]] = (
+        [],
+        [],
+        [],
+        [],
+    )
+    for k in range(len(groups)):
         if k in replace:
-            out_groups.append(replace[k])
-            out_crops.append(_group_crop(gray, label_img, ink, replace[k]))
+            pair = replace[k]
+            row = (merged_groups[pair], merged_crops[pair], merged_images[pair], merged_proba[pair])
         elif k not in taken:
-            out_groups.append(g)
-            out_crops.append(c)
-    return out_groups, out_crops, len(replace)
+            row = (groups[k], crops[k], images[k], probas[k])
+        else:
+            continue
+        for column, value in zip(out, row, strict=True):
+            column.append(value)  # type: ignore[attr-defined]
+    return out[0], out[1], out[2], out[3], len(replace)
 
 
-def _split_wide(
-    wide: Sequence[tuple[_Group, npt.NDArray[np.uint8], npt.NDArray[np.bool_], list[int]]],
-    th: float,
-    scorer: Scorer | None,
-    seg: Segmentation,
-) -> None:
-    """Choose cuts for every wide group with one batched scoring call."""
+def _split_wide(wide: Sequence[_Wide], th: float, scorer: Scorer | None, seg: Segmentation) -> None:
+    """Choose cuts for every wide group; the pieces of all groups are scored in one call.
+
+    The whole group is always a candidate (its probabilities come from the page's batch), so
+    a wide single character stays whole when no split reads better.
+    """
     min_w = defaults.SPLIT_MIN_PIECE * th
     max_w = defaults.SPLIT_MAX_PIECE * th
-    # Every piece between two cut points (the group's edges included) that has a plausible
-    # width, for all groups at once.
-    pieces: list[tuple[int, int, int, tuple[int, int, int, int]]] = []  # group, a, b, box
+    # (wide index, start point, end point, box in the group) per piece; the whole group first.
+    pieces: list[tuple[int, int, int, tuple[int, int, int, int]]] = []
     images: list[npt.NDArray[np.float32]] = []
-    for gi, (g, crop, own, cuts) in enumerate(wide):
-        points = [0, *cuts, g.w]
+    wholes: dict[int, int] = {}
+    for gi, wd in enumerate(wide):
+        g = wd.group
+        points = [0, *wd.cuts, g.w]
+        wholes[gi] = len(pieces)
+        pieces.append((gi, 0, len(points) - 1, (0, 0, g.w, g.h)))
+        images.append(wd.image)
         for i in range(len(points)):
-            for j in range(i + 1, len(points)):
+            # A piece spans at most SPLIT_MAX_SPAN cut intervals: cuts fall at least between
+            # characters, and rarely more than twice inside one.
+            for j in range(i + 1, min(len(points), i + 1 + defaults.SPLIT_MAX_SPAN)):
                 a, b = points[i], points[j]
-                whole = i == 0 and j == len(points) - 1
-                if not whole and not min_w <= b - a <= max_w:
+                if (i == 0 and j == len(points) - 1) or not min_w <= b - a <= max_w:
                     continue
-                cut = _piece(crop, own, a, b)
+                cut = _piece(wd.crop, wd.own, a, b)
                 if cut is None:
                     continue
                 sub, box = cut
                 pieces.append((gi, i, j, box))
-                images.append(normalize(sub))
-    if not images:
-        return
-    batch = np.stack(images)
+                images.append(model_input(sub))
+    proba: npt.NDArray[np.float32] | None = None
     if scorer is not None:
-        proba = scorer(batch)
-        conf = proba.max(axis=1)
-    else:
-        proba = None
-        conf = np.ones(len(batch), np.float32)
-    cost = -np.log(np.clip(conf, 1e-6, 1.0))
+        todo = [k for k in range(len(pieces)) if k not in wholes.values()]
+        proba = np.zeros((len(pieces), 0), np.float32)
+        if todo:
+            scored = scorer(np.stack([images[k] for k in todo]))
+            proba = np.zeros((len(pieces), scored.shape[1]), np.float32)
+            proba[todo] = scored
+        for gi, k in wholes.items():
+            whole = wide[gi].proba
+            if whole is None:
+                whole = scorer(images[k][None])[0]
+            if proba.shape[1] == 0:
+                proba = np.zeros((len(pieces), len(whole)), np.float32)
+            proba[k] = whole
     by_group: dict[int, list[int]] = {}
     for k, (gi, _, _, _) in enumerate(pieces):
         by_group.setdefault(gi, []).append(k)
-    for gi, (g, _, _, cuts) in enumerate(wide):
-        ks = by_group.get(gi, [])
-        n_pts = len(cuts) + 2
+    for gi, wd in enumerate(wide):
+        g = wd.group
+        n_pts = len(wd.cuts) + 2
         best = np.full(n_pts, np.inf)
         back = np.full(n_pts, -1)
         best[0] = 0.0
         edges: dict[int, list[int]] = {}
-        for k in ks:
+        for k in by_group.get(gi, []):
             edges.setdefault(pieces[k][2], []).append(k)
         for j in range(1, n_pts):
             for k in edges.get(j, []):
                 i = pieces[k][1]
-                if scorer is None:
+                _, _, pw, ph = pieces[k][3]
+                if proba is None:
                     # No classifier: prefer pieces about one character wide.
-                    wdt = pieces[k][3][2] / th
-                    c = abs(wdt - defaults.SPLIT_CHAR_WIDTH)
+                    c = abs(pw / th - defaults.SPLIT_CHAR_WIDTH)
                 else:
-                    c = float(cost[k])
+                    c = float(-np.log(np.clip(proba[k].max(), 1e-6, 1.0)))
                 c += defaults.SPLIT_PENALTY if i > 0 else 0.0
                 # A piece much shorter than its group is a slice of a character, not one.
-                c += defaults.SPLIT_SHORT_COST * max(
-                    0.0, defaults.SPLIT_MIN_HEIGHT - pieces[k][3][3] / g.h
-                )
-                # Handwritten characters are rarely wider than tall: a wide piece pays for it,
-                # which keeps two touching characters from passing as one confident guess.
-                _, _, pw, ph = pieces[k][3]
+                c += defaults.SPLIT_SHORT_COST * max(0.0, defaults.SPLIT_MIN_HEIGHT - ph / g.h)
+                # Handwritten characters are rarely much wider than tall: a wide piece pays for
+                # it, which keeps two touching characters from passing as one confident guess.
                 c += defaults.SPLIT_WIDE_COST * max(0.0, pw / max(ph, 0.8 * th) - 1.0)
                 if best[i] + c < best[j]:
                     best[j] = best[i] + c
                     back[j] = k
         if not np.isfinite(best[-1]):
+            seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), wd.image, wd.proba))
             continue
         path = []
         j = n_pts - 1
@@ -491,8 +568,7 @@ def _split_wide(
             path.append(k)
             j = pieces[k][1]
         path.reverse()
-        if len(path) > 1:
-            seg.n_split += len(path) - 1
+        seg.n_split += len(path) - 1
         for k in path:
             dx, dy, w, h = pieces[k][3]
             seg.chars.append(
