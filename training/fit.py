@@ -18,6 +18,7 @@ import math
 import shlex
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from hwr_batch.errors import BadArguments, DataError
 from training.augment import NO_AUGMENT, AugmentConfig, augment_batch, make_generator
@@ -62,7 +63,7 @@ def load_npz(path: Path, split: str = "train") -> LabeledImages:
             images = z[f"{prefix}images"]
             labels = z[f"{prefix}labels"].astype(str)
             groups = z[f"{prefix}groups"].astype(str) if f"{prefix}groups" in z.files else None
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz of images/labels ({exc})") from exc
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
@@ -322,6 +323,26 @@ def class_weights(y: npt.NDArray[np.int64], power: float) -> torch.Tensor | None
     return torch.from_numpy(w / w.sum())
 
 
+def ema_with_warmup(decay: float) -> Callable[[Any, Any, Any], None]:
+    """EMA update for ``AveragedModel`` whose decay ramps up as (1 + n) / (10 + n).
+
+    A fixed 0.999 needs thousands of steps to forget the random initial weights; a user's
+    small data set may give a run only a few hundred, so early on the average follows the
+    weights closely.
+    """
+
+    def update(averaged: Any, current: Any, num_averaged: Any) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        if averaged and torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # integer buffers (batch-norm step counters) are copied
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
+
+
 def balanced_accuracy(pred: npt.NDArray[np.int64], y: npt.NDArray[np.int64]) -> float:
     """Mean per-class recall over the classes present in ``y``."""
     recalls = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
@@ -392,7 +413,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] | None = None, quiet: bool = 
 
     model = CharCNN(len(cfg.labels), cfg.widths, mean=mean, std=std, dropout=cfg.dropout)
     model = model.to(device).to(memory_format=torch.channels_last)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
     epochs = 1 if cfg.dry_run else cfg.epochs
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
