@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 if got_tpl != truth.value:
                     n_wrong += 1
                     n_review_wrong += bool(by_name[truth.name].needs_review)
+                    kind_errors[truth.kind] = kind_errors.get(truth.kind, 0) + 1
                     if args.show_errors:
                         print(
                             f"  tpl {truth.kind:9s} truth {truth.value} got {got_tpl!r} "

@@ -493,19 +493,23 @@ def detect_fields(ink: npt.NDArray[np.uint8]) -> Structure:
     n, lab, stats, _c = cv2.connectedComponentsWithStats(horiz, connectivity=8)
     for i in range(1, n):
         x, y, cw, ch = (int(v) for v in stats[i, :4])
-        if cw < min_len or ch > max(3 * lw, 6):
+        if cw < min_len:
             continue
-        seg = BBox(x, y, cw, ch)
+        # The line is the rows it fills end to end; strokes lying on it (the base of a 2)
+        # make the piece taller but not those rows more numerous.
+        piece = lab[y : y + ch, x : x + cw] == i
+        full = np.nonzero(piece.mean(axis=1) >= FRAME_COVERAGE)[0]
+        if full.size == 0 or full.size > max(3 * lw, 6):
+            continue
+        ly0, ly1 = y + int(full.min()), y + int(full.max()) + 1
+        seg = BBox(x, ly0, cw, ly1 - ly0)
         if any(_overlaps(seg, f.bbox) for f in fields if f.kind != "underline"):
             continue
-        zone = BBox(x, max(0, y - zone_h), cw, y - max(0, y - zone_h))
+        top = max(0, ly0 - zone_h)
+        zone = BBox(x, top, cw, ly0 - top)
         fields.append(FieldGeometry("underline", BBox.union([zone, seg]), (zone,)))
-        # Only the rows the line fills end to end: a stroke lying on it keeps the rest.
-        piece = lab[y : y + ch, x : x + cw] == i
-        full = piece.mean(axis=1) >= FRAME_COVERAGE
-        rows = np.nonzero(full)[0] if full.any() else np.arange(ch)
-        r0 = max(0, y + int(rows.min()) - BORDER_SLACK)
-        r1 = min(h, y + int(rows.max()) + 1 + BORDER_SLACK)
+        r0 = max(0, ly0 - BORDER_SLACK)
+        r1 = min(h, ly1 + BORDER_SLACK)
         h_struct[r0:r1, x : x + cw] = 255
 
     order = reading_order([f.bbox for f in fields])
