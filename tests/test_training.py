@@ -416,3 +416,17 @@ def test_digits_model_meets_the_bar() -> None:
 def test_letters_model_meets_the_bar() -> None:
     m = evaluate("letters", "letters:test")
     assert m["accuracy"] >= 0.95
+
+
+def test_convert_is_wired_into_hwr_train(tmp_path: Path) -> None:
+    """`hwr-train convert` (training/convert.py) writes class folders that fit can train on."""
+    rng = np.random.default_rng(4)
+    rows = [[k % 2, *_glyph("AB"[k % 2], rng).ravel()] for k in range(6)]
+    csv_path = tmp_path / "az.csv"
+    csv_path.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    folder = tmp_path / "pngs"
+    assert main(["convert", str(csv_path), str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["A", "B"]
+    out = tmp_path / "run"
+    assert main(["fit", str(folder), "--dry-run", "--device", "cpu", "--out", str(out), "-q"]) == 0
+    assert hwr_batch.load_classifier(out / "pngs.onnx").labels == "AB"

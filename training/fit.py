@@ -79,38 +79,6 @@ def load_npz(path: Path, split: str = "train") -> LabeledImages:
         raise DataError(f"{path}: {exc}") from exc
 
 
-def read_dataset_path(path: Path) -> LabeledImages:
-    """Any data set the readers of ``training.datasets`` support, chosen by its form.
-
-    A folder of class sub-folders; a Kaggle-format CSV (with or without header) or a CSV index
-    ``image,label`` of image files; an idx image file (``*-images-idx3-ubyte[.gz]``, its label
-    file found next to it); a USPS ``zip.*`` file.
-    """
-    from training import datasets
-
-    name = path.name.lower()
-    if path.is_dir():
-        return datasets.read_image_folder(path)
-    if name.endswith((".csv", ".csv.gz")):
-        with path.open("rb") as fh:
-            first_line = fh.readline(1 << 16)
-        # A Kaggle row has 784 or 785 fields; an image index has a few.
-        if name.endswith(".gz") or first_line.count(b",") >= 783:
-            return datasets.read_kaggle_csv(path)
-        return datasets.read_image_index(path)
-    if "idx3" in name:
-        labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
-        if labels == path or not labels.exists():
-            raise BadArguments(f"{path}: no label file {labels.name} next to it")
-        return datasets.read_idx(path, labels, transpose="emnist" in name)
-    if name.startswith("zip."):
-        return datasets.read_usps(path)
-    raise BadArguments(
-        f"{path}: unknown data set form (expected .npz, a folder of class folders, .csv, "
-        "idx or USPS zip.*)"
-    )
-
-
 def _split_spec(spec: str, split: str) -> tuple[str, str]:
     """'digits:test' -> ('digits', 'test'); a spec without a split suffix keeps ``split``."""
     base, sep, suffix = spec.rpartition(":")
@@ -135,7 +103,9 @@ def load_source(spec: str, split: str = "train") -> LabeledImages:
         raise BadArguments(f"{spec}: no such file, folder or recipe (digits, letters, alnum)")
     if path.suffix.lower() == ".npz":
         return load_npz(path, split)
-    return read_dataset_path(path)
+    from training import datasets
+
+    return datasets.read_dataset(path)
 
 
 def has_test_split(spec: str) -> bool:
