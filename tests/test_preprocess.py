@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from hwr_batch.preprocess import binarize, preprocess, remove_lines, rotate, skew_angle
+from hwr_batch.preprocess import (
+    binarize,
+    preprocess,
+    remove_lines,
+    rotate,
+    sauvola_threshold,
+    skew_angle,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -169,3 +176,28 @@ def test_rotate_keeps_the_whole_page() -> None:
     out, back = rotate(page, 10.0, fill=0)
     assert out.shape[0] > 100 and out.shape[1] > 200
     assert back.shape == (2, 3)
+
+
+def test_sauvola_matches_scikit_image() -> None:
+    from skimage.filters import threshold_sauvola
+
+    gray = (np.random.default_rng(0).random((300, 260)) * 255).astype(np.uint8)
+    gray[100:200, 60:120] = 20
+    ours = sauvola_threshold(gray, 31, 0.2)
+    ref = threshold_sauvola(gray, window_size=31, k=0.2)
+    # Borders are padded differently; inside the window's reach they agree.
+    assert np.abs(ours - ref)[16:-16, 16:-16].max() < 0.1
+
+
+def test_sauvola_path_on_a_large_page() -> None:
+    ink = text_ink((2400, 1800), lines=10, size=3.0)
+    flat = np.full(ink.shape, 255, np.uint8)
+    left = np.zeros_like(ink)
+    left[:1200] = True  # the faint half is the top one here
+    flat[ink & left] = 150
+    flat[ink & ~left] = 10
+    small = cv2.resize(flat, (900, 1200), interpolation=cv2.INTER_AREA)
+    mask, method, _ = binarize(flat, small, 2)
+    assert method == "sauvola"
+    assert (mask & ink).sum() / ink.sum() > 0.8
+    assert (mask & ~ink).sum() < 0.002 * ink.size
