@@ -88,6 +88,9 @@ STROKE_LEAVE = 4
 #: A component with at least this share of its pixels in another comb cell also counts there
 #: (each cell then reads only its own columns).
 COMB_SHARE = 0.2
+#: Gaps (in border widths) along a border between two points where strokes leave it that are
+#: filled back as stroke: the top of a loop resting on the line.
+TANGENT_GAP_WIDTHS = 5
 #: Fields whose value's probability is under this go to review. A 5-digit field whose digits
 #: are each 0.95 sure has probability 0.77; one doubtful digit at 0.6 brings it under 0.5.
 FIELD_MIN_CONFIDENCE = 0.5
@@ -601,6 +604,12 @@ def clean_ink(
     keep = (down & up) | (right & left)
     keep |= walk(widened, hb, 1, 0, True) | walk(widened, hb, -1, 0, True)
     keep |= walk(tall, vb, 0, 1, True) | walk(tall, vb, 0, -1, True)
+    # A loop tangent to a border (the top of a 9 or 0 under a box's top line) leaves it at two
+    # nearby points; the border between them is the loop's own stroke: close short gaps.
+    gap = TANGENT_GAP_WIDTHS * line_width + 2
+    kh = cv2.morphologyEx((keep & hb).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((1, gap), np.uint8))
+    kv = cv2.morphologyEx((keep & vb).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((gap, 1), np.uint8))
+    keep |= (kh.astype(bool) & hb) | (kv.astype(bool) & vb)
     return np.where(rest | keep, 255, 0).astype(np.uint8)
 
 
