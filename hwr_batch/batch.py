@@ -9,6 +9,7 @@ kept, so ``a/scan.png`` and ``a/scan.tif`` cannot collide)::
     OUTDIR/a/scan.png.p001.review/c0007.png   crop of character 7 (under --min-confidence)
     OUTDIR/a/scan.pdf.p001.json, ...p002.json ...   one set per page of a multi-page file
     OUTDIR/summary.csv  OUTDIR/errors.csv  OUTDIR/review.csv   batch files (rebuilt every run)
+    OUTDIR/fields.csv   form fields of every page (--forms / --template)
 
 The tree is mirrored from the single input folder, or else from the deepest folder that contains
 every input, so distinct inputs always get distinct outputs.
@@ -58,6 +59,8 @@ SUMMARY_COLUMNS = [
     "output",
 ]
 ERRORS_COLUMNS = ["file", "page", "error_type", "reason"]
+#: fields.csv (form mode): one row per form field of every page.
+FIELDS_COLUMNS = ["file", "page", "field", "value", "confidence", "needs_review"]
 REVIEW_COLUMNS = [
     "crop",
     "file",
@@ -376,6 +379,7 @@ def write_batch_files(
     """
     summary: list[list[Any]] = []
     review: list[list[Any]] = []
+    fields: list[list[Any]] = []
     missing_crops = 0
     error_rows = [
         [e.source, "" if e.page is None else e.page, e.error_type, e.reason] for e in errors
@@ -391,6 +395,10 @@ def write_batch_files(
             reason = f"unreadable page JSON {_rel_out(jpath, outdir)} ({exc}); rerun with --force"
             error_rows.append([jpath, "", "UnreadableOutput", reason.splitlines()[0]])
             continue
+        for fld in doc.get("fields", []):
+            fields.append(
+                [source, page, fld["name"], fld["value"], fld["confidence"], fld["needs_review"]]
+            )
         confs = [r.confidence for r in rows]
         low = [r for r in rows if r.confidence < min_confidence]
         summary.append(
@@ -447,6 +455,10 @@ def write_batch_files(
     export.write_rows_csv(storage.join(outdir, "summary.csv"), SUMMARY_COLUMNS, summary)
     export.write_rows_csv(storage.join(outdir, "errors.csv"), ERRORS_COLUMNS, error_rows)
     export.write_rows_csv(storage.join(outdir, "review.csv"), REVIEW_COLUMNS, review)
+    if fields:
+        # Rows keep the page's field order (reading order, or the template's).
+        fields.sort(key=lambda r: (str(r[0]), r[1]))
+        export.write_rows_csv(storage.join(outdir, "fields.csv"), FIELDS_COLUMNS, fields)
     return {"pages": len(summary) - len(errors), "review": len(review), "no_crop": missing_crops}
 
 

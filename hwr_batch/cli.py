@@ -30,6 +30,7 @@ PROG = "hwr-batch"
 #: exit code. Modules are imported only when their sub-command is used.
 SUBCOMMANDS: dict[str, str] = {
     "serve": "hwr_batch.web:serve_main",
+    "template": "hwr_batch.template:main",
 }
 
 EPILOG = """\
@@ -107,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reading.add_argument("--model", metavar="PATH", help="an .onnx model instead of --charset's")
     reading.add_argument(
+        "--forms",
+        action="store_true",
+        help="form mode: find boxes, combs and underlines and read each as a field "
+        "(fields.csv); headings and printed prompts are not transcribed",
+    )
+    reading.add_argument(
+        "--template",
+        metavar="FORM.json",
+        help="read the fields named in a form template (implies --forms; make one with "
+        "'hwr-batch template init SCAN')",
+    )
+    reading.add_argument(
         "--dpi",
         type=_positive_int,
         default=defaults.PDF_DPI,
@@ -167,7 +180,13 @@ def run_batch_command(argv: Sequence[str]) -> int:
         max_pixels=args.max_pixels,
         min_confidence=args.min_confidence,
         overlay=args.overlay,
+        forms=args.forms or args.template is not None,
+        template=args.template,
     )
+    if args.template is not None:
+        from hwr_batch.template import load_template
+
+        load_template(args.template)  # a bad template: one error line before any page is read
 
     def on_failure(f: TaskFailed) -> None:
         where = f.source if f.page is None else f"{f.source} (page {f.page})"

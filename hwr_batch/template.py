@@ -419,3 +419,55 @@ def fields_from_template(
             geo = _geometry_from_box(f, box, structure.line_width)
         specs.append(FieldSpec(f.name, geo, f.constraint, unreadable=not reg.ok))
     return specs, warnings, reg
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: ``hwr-batch template init SCAN``
+
+
+def main(argv: list[str]) -> int:
+    """``hwr-batch template init SCAN [-o form.json]``: propose a template to edit by hand.
+
+    Prints a one-line summary per field to stderr and writes the JSON (stdout with ``-o -``).
+    """
+    import argparse
+    import sys
+
+    from hwr_batch.load import load_page
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise BadArguments(f"template: {message}")
+
+    parser = _Parser(prog="hwr-batch template", description="Form templates.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    init = sub.add_parser(
+        "init",
+        help="propose a template from the boxes found on a blank or filled form",
+        description="Find the boxes, combs and underlines of SCAN and write a template "
+        "(fields field_001... in reading order) to edit: rename fields, set charset, "
+        "length or pattern.",
+    )
+    init.add_argument("scan", metavar="SCAN", help="image or PDF of the form")
+    init.add_argument("-o", "--output", default="-", help="template file (default: stdout)")
+    init.add_argument("--page", type=int, default=1, help="page of a multi-page file")
+    init.add_argument("--dpi", type=int, default=300, help="PDF rendering resolution")
+    init.add_argument("--charset", choices=sorted(CHARSET_LABELS), default="digits")
+    init.add_argument("--name", default=None, help="template name (default: the file's stem)")
+    args = parser.parse_args(argv)
+
+    loaded = load_page(args.scan, args.page, dpi=args.dpi)
+    tpl = propose_template(
+        loaded.gray, name=args.name or Path(args.scan).stem, charset=args.charset
+    )
+    if not tpl.fields:
+        raise BadArguments(f"{args.scan}: no boxes, combs or underlines found")
+    for f in tpl.fields:
+        cells = f" ({f.cells} cells)" if f.cells else ""
+        print(f"{f.name}: {f.kind}{cells} at {[round(v, 3) for v in f.box]}", file=sys.stderr)
+    if args.output == "-":
+        print(json.dumps(tpl.to_dict(), indent=2))
+    else:
+        save_template(tpl, args.output)
+        print(f"wrote {args.output} ({len(tpl.fields)} fields)", file=sys.stderr)
+    return 0

@@ -256,3 +256,40 @@ def test_read_page_with_template_file(layout_and_template: tuple, tmp_path: Path
     res = forms.read_fields(form.gray, template=str(path), classifiers={"digits": FixedReader()})  # type: ignore[dict-item]
     assert len(res.fields) == len(tpl.fields)
     assert all(f.value for f in res.fields)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_cli_template_init_and_batch_fields_csv(layout_and_template: tuple, tmp_path: Path) -> None:
+    from hwr_batch.classify import model_path
+    from hwr_batch.cli import main
+    from hwr_batch.errors import ModelError
+
+    layout, _tpl = layout_and_template
+    rng = np.random.default_rng(21)
+    blank = render_form(layout, _digit_bank(), rng, empty_prob=1.0, max_angle=0, max_shift=0)
+    scan = tmp_path / "blank.png"
+    cv2.imwrite(str(scan), blank.gray)
+    out = tmp_path / "form.json"
+    assert main(["template", "init", str(scan), "-o", str(out)]) == 0
+    tpl = load_template(out)
+    assert [f.kind for f in tpl.fields] == [f.kind for f in layout.fields]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main([str(scan), "-o", str(tmp_path / "o"), "--template", str(bad), "-q"]) == 2
+
+    try:
+        model_path("digits")
+    except ModelError:
+        pytest.skip("digits model not built yet")
+    filled = render_form(layout, _digit_bank(), rng, empty_prob=0.0)
+    cv2.imwrite(str(tmp_path / "filled.png"), filled.gray)
+    rc = main([str(tmp_path / "filled.png"), "-o", str(tmp_path / "o"), "--template", str(out),
+               "-q", "-j", "1"])
+    assert rc == 0
+    rows = (tmp_path / "o" / "fields.csv").read_text().splitlines()
+    assert rows[0] == "file,page,field,value,confidence,needs_review"
+    assert [r.split(",")[2] for r in rows[1:]] == [f.name for f in tpl.fields]
+    assert all(r.split(",")[3] for r in rows[1:])
