@@ -34,7 +34,7 @@ import numpy as np
 from hwr_batch.classify import load_classifier
 from hwr_batch.forms import read_fields
 from hwr_batch.records import BBox
-from hwr_batch.template import Template, TemplateField, propose_template
+from hwr_batch.template import Template, propose_template
 from training.formgen import Layout, load_mnist_test, make_layout, render_form
 
 
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = make_layout(rng, args.width, height, n_fields=args.fields)
         tpl = template_for(layout, digits, rng)
         for _fi in range(args.forms):
-            form = render_form(
-                layout, digits, rng, touch_prob=args.touch, cross_prob=args.cross
-            )
+            form = render_form(layout, digits, rng, touch_prob=args.touch, cross_prob=args.cross)
             t0 = time.perf_counter()
             auto = read_fields(form.gray, charset="digits", classifier=clf)
             seconds.append(time.perf_counter() - t0)

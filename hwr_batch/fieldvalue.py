@@ -184,9 +184,7 @@ def decode_lattice(
             nxt = edges[idx].end
             if h[nxt] == inf:
                 continue
-            if length is not None and not (
-                min_hops[nxt] <= length - len(s) - 1 <= max_hops[nxt]
-            ):
+            if length is not None and not (min_hops[nxt] <= length - len(s) - 1 <= max_hops[nxt]):
                 continue
             for cost, lab, pk in options[idx]:
                 g2 = g + cost

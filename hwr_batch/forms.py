@@ -22,7 +22,6 @@ Coordinates: detection works on the deskewed page; every box handed back in a
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -231,7 +230,7 @@ def _fit_segment(ink: npt.NDArray[np.uint8], seg: npt.NDArray[np.float64]) -> fl
 def rotation_matrix(angle: float, shape: tuple[int, int]) -> npt.NDArray[np.float64]:
     """2x3 affine that undoes a skew of ``angle`` degrees about the page centre."""
     h, w = shape
-    return cv2.getRotationMatrix2D((w / 2.0, h / 2.0), -angle, 1.0)
+    return np.asarray(cv2.getRotationMatrix2D((w / 2.0, h / 2.0), -angle, 1.0), np.float64)
 
 
 def rotate_page(
@@ -249,14 +248,12 @@ def rotate_page(
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=255,
     )
-    return out, m
+    return np.asarray(out, np.uint8), m
 
 
 def map_box(box: BBox, m: npt.NDArray[np.float64], shape: tuple[int, int]) -> BBox:
     """Axis-aligned box around ``box`` mapped by the 2x3 affine ``m``, clipped to ``shape``."""
-    pts = np.array(
-        [[box.x, box.y], [box.x2, box.y], [box.x, box.y2], [box.x2, box.y2]], np.float64
-    )
+    pts = np.array([[box.x, box.y], [box.x2, box.y], [box.x, box.y2], [box.x2, box.y2]], np.float64)
     q = pts @ m[:, :2].T + m[:, 2]
     h, w = shape
     x0 = int(np.clip(np.floor(q[:, 0].min()), 0, w))
@@ -294,7 +291,7 @@ def _line_candidates(
     n = max(12, int(round(w * LINE_MIN_FRACTION)))
     horiz = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (n, 1)))
     vert = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, n)))
-    return horiz, vert
+    return np.asarray(horiz, np.uint8), np.asarray(vert, np.uint8)
 
 
 def _runs(flags: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
@@ -304,9 +301,7 @@ def _runs(flags: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
     return list(zip(np.nonzero(d == 1)[0].tolist(), np.nonzero(d == -1)[0].tolist(), strict=True))
 
 
-def _find_frames(
-    lines: npt.NDArray[np.uint8], page_w: int
-) -> list[tuple[list[BBox], list[BBox]]]:
+def _find_frames(lines: npt.NDArray[np.uint8], page_w: int) -> list[tuple[list[BBox], list[BBox]]]:
     """Closed frames formed by ``lines`` (uint8 0/255): (cell interiors, border rectangles).
 
     A frame is a connected piece of the line mask with a top and a bottom line that each run
@@ -352,11 +347,10 @@ def _find_frames(
             # of the side borders and separators. Only these are erased later, so a stroke
             # lying along a border keeps whatever sticks out of the line.
             x0, x1 = x + col_runs[0][0], x + col_runs[-1][1]
-            borders = [
-                BBox(x0, y + r0, x1 - x0, r1 - r0) for r0, r1 in (row_runs[0], row_runs[-1])
-            ]
+            borders = [BBox(x0, y + r0, x1 - x0, r1 - r0) for r0, r1 in (row_runs[0], row_runs[-1])]
             borders += [BBox(x + c0, y + top_in, c1 - c0, bot_in - top_in) for c0, c1 in col_runs]
             frames.append((outer, cells, borders))
+
     # A frame inside another: a squarish loop of handwriting drawn in a box (smaller than the
     # cell holding it) is ink, not a frame; a frame around field-sized frames is a section
     # border, not a field.
@@ -365,7 +359,7 @@ def _find_frames(
 
     drop: set[int] = set()
     for k, (outer, cells, _b) in enumerate(frames):
-        for j, (o, _c, _bb) in enumerate(frames):
+        for j, (o, _cells, _bb) in enumerate(frames):
             if j == k or not inside(o, outer):
                 continue
             host = next((c for c in cells if inside(o, c)), None)
@@ -462,7 +456,7 @@ def detect_fields(ink: npt.NDArray[np.uint8]) -> Structure:
     h, w = ink.shape
     horiz, vert = _line_candidates(ink)
     lw = _line_width(horiz)
-    lines = cv2.bitwise_or(horiz, vert)
+    lines = np.asarray(cv2.bitwise_or(horiz, vert), np.uint8)
     frames = _find_frames(lines, w)
     cells = [c for f, _b in frames for c in f]
     singles = [f[0] for f, _b in frames if len(f) == 1]
@@ -475,8 +469,12 @@ def detect_fields(ink: npt.NDArray[np.uint8]) -> Structure:
     for _cells, borders in frames:
         for b in borders:
             c = _clip(
-                BBox(b.x - BORDER_SLACK, b.y - BORDER_SLACK, b.w + 2 * BORDER_SLACK,
-                     b.h + 2 * BORDER_SLACK),
+                BBox(
+                    b.x - BORDER_SLACK,
+                    b.y - BORDER_SLACK,
+                    b.w + 2 * BORDER_SLACK,
+                    b.h + 2 * BORDER_SLACK,
+                ),
                 ink.shape,
             )
             target = h_struct if b.w > b.h else v_struct
@@ -490,7 +488,9 @@ def detect_fields(ink: npt.NDArray[np.uint8]) -> Structure:
 
     # Underlines: long horizontal runs not already part of a box frame.
     cell_h = float(np.median([c.h for c in cells])) if cells else 0.0
-    zone_h = int(round(cell_h * UNDERLINE_ZONE_CELLS)) if cells else int(w * UNDERLINE_ZONE_FRACTION)
+    zone_h = (
+        int(round(cell_h * UNDERLINE_ZONE_CELLS)) if cells else int(w * UNDERLINE_ZONE_FRACTION)
+    )
     zone_h = max(zone_h, 8)
     min_len = max(20, int(w * UNDERLINE_MIN_FRACTION))
     n, lab, stats, _c = cv2.connectedComponentsWithStats(horiz, connectivity=8)
@@ -517,8 +517,8 @@ def detect_fields(ink: npt.NDArray[np.uint8]) -> Structure:
 
     order = reading_order([f.bbox for f in fields])
     return Structure(
-        cv2.bitwise_and(h_struct, ink),
-        cv2.bitwise_and(v_struct, ink),
+        np.asarray(cv2.bitwise_and(h_struct, ink), np.uint8),
+        np.asarray(cv2.bitwise_and(v_struct, ink), np.uint8),
         tuple(fields[i] for i in order),
         lw,
     )
@@ -607,8 +607,12 @@ def clean_ink(
     # A loop tangent to a border (the top of a 9 or 0 under a box's top line) leaves it at two
     # nearby points; the border between them is the loop's own stroke: close short gaps.
     gap = TANGENT_GAP_WIDTHS * line_width + 2
-    kh = cv2.morphologyEx((keep & hb).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((1, gap), np.uint8))
-    kv = cv2.morphologyEx((keep & vb).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((gap, 1), np.uint8))
+    kh = cv2.morphologyEx(
+        (keep & hb).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((1, gap), np.uint8)
+    )
+    kv = cv2.morphologyEx(
+        (keep & vb).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((gap, 1), np.uint8)
+    )
     keep |= (kh.astype(bool) & hb) | (kv.astype(bool) & vb)
     return np.where(rest | keep, 255, 0).astype(np.uint8)
 
@@ -694,9 +698,9 @@ def _free_field_lattice(
     for c in comps:
         b = boxes[c]
         if groups:
-            g = BBox.union(boxes[k] for k in groups[-1])
-            overlap = min(g.x2, b.x2) - max(g.x, b.x)
-            if overlap > 0.5 * min(g.w, b.w):
+            last = BBox.union(boxes[k] for k in groups[-1])
+            overlap = min(last.x2, b.x2) - max(last.x, b.x)
+            if overlap > 0.5 * min(last.w, b.w):
                 groups[-1].append(c)
                 continue
         groups.append([c])
@@ -777,8 +781,12 @@ def _prepare(
             ys, xs = np.nonzero(crop < 128)
             if ys.size == 0:
                 continue
-            box = BBox(box.x + int(xs.min()), box.y + int(ys.min()),
-                       int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+            box = BBox(
+                box.x + int(xs.min()),
+                box.y + int(ys.min()),
+                int(xs.max() - xs.min() + 1),
+                int(ys.max() - ys.min() + 1),
+            )
             crops.append(crop[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
             cand.edges.append((node, node + 1, box, len(crops) - 1))
             cand.cell_of_edge.append(cell_idx)
@@ -818,7 +826,7 @@ def read_fields(
     timings: dict[str, float] = {}
     g = np.asarray(gray)
     if g.ndim == 3:
-        g = cv2.cvtColor(g, cv2.COLOR_BGR2GRAY)
+        g = np.asarray(cv2.cvtColor(g, cv2.COLOR_BGR2GRAY))
     g = g.astype(np.uint8)
     shape = g.shape[:2]
 
@@ -844,8 +852,9 @@ def read_fields(
 
     t1 = time.perf_counter()
     clean = clean_ink(ink, structure.h_lines, structure.v_lines, structure.line_width)
-    n_lab, labels, stats, _cent = cv2.connectedComponentsWithStats(clean, connectivity=8)
-    labels = labels.astype(np.int32)
+    n_lab, labels_any, stats_any, _cent = cv2.connectedComponentsWithStats(clean, connectivity=8)
+    labels = np.asarray(labels_any, np.int32)
+    stats = np.asarray(stats_any, np.int32)
 
     # Zone map: every reading zone (comb cell, box interior, underline zone) gets an id.
     zone_map = np.zeros(shape, np.int32)
@@ -861,7 +870,9 @@ def read_fields(
         zone_ids.append(ids)
     comp_zone, zone_counts = _component_zones(labels, n_lab, zone_map, zid)
     comb_zones = {
-        z for spec, ids in zip(specs, zone_ids, strict=True) if spec.geometry.kind == "comb"
+        z
+        for spec, ids in zip(specs, zone_ids, strict=True)
+        if spec.geometry.kind == "comb"
         for z in ids
     }
 
@@ -871,20 +882,20 @@ def read_fields(
     for spec, ids in zip(specs, zone_ids, strict=True):
         for z, cell in zip(ids, spec.geometry.cells, strict=True):
             zone_h[z] = cell.h
-    for c in range(1, n_lab):
-        z = int(comp_zone[c])
+    for comp in range(1, n_lab):
+        z = int(comp_zone[comp])
         if z == 0:
             continue
-        area = int(stats[c, cv2.CC_STAT_AREA])
+        area = int(stats[comp, cv2.CC_STAT_AREA])
         if area < max(3.0, SPECK_FRACTION * zone_h[z] ** 2):
             continue
-        comps_by_zone.setdefault(z, []).append(c)
+        comps_by_zone.setdefault(z, []).append(comp)
         if z in comb_zones:
             # Digits joined through a comb separator: the piece in the next cell is its own.
-            share = zone_counts[c] >= COMB_SHARE * area
+            share = zone_counts[comp] >= COMB_SHARE * area
             for z2 in np.nonzero(share)[0].tolist():
                 if z2 != z and z2 in comb_zones:
-                    comps_by_zone.setdefault(z2, []).append(c)
+                    comps_by_zone.setdefault(z2, []).append(comp)
 
     crops: list[npt.NDArray[np.uint8]] = []
     cands = [
@@ -924,9 +935,9 @@ def _model_for(
 ) -> Classifier:
     if classifiers is not None and cs in classifiers:
         return classifiers[cs]
-    if classifier is not None and (cs == page_charset or set(CHARSET_LABELS[cs]) <= set(
-        classifier.labels
-    )):
+    if classifier is not None and (
+        cs == page_charset or set(CHARSET_LABELS[cs]) <= set(classifier.labels)
+    ):
         return classifier
     if load is not None:
         return load(cs)
@@ -943,7 +954,7 @@ def _decode_field(
 ) -> Field:
     """Decode one field's lattice and map its boxes back to the page as loaded."""
     spec = cand.spec
-    inv = cv2.invertAffineTransform(m)
+    inv = np.asarray(cv2.invertAffineTransform(m), np.float64)
     bbox = map_box(spec.geometry.bbox, inv, shape)
     if spec.unreadable:
         return Field(

@@ -149,7 +149,9 @@ class Template:
                 )
                 for f in d["fields"]
             )
-            anchors = tuple((str(a.get("kind", "box")), _box4(a["box"])) for a in d.get("anchors", []))
+            anchors = tuple(
+                (str(a.get("kind", "box")), _box4(a["box"])) for a in d.get("anchors", [])
+            )
             tpl = Template(
                 name=str(d.get("name", Path(source).stem)),
                 width=int(page.get("width", 0)),
@@ -186,7 +188,9 @@ def load_template(path: str | os.PathLike[str]) -> Template:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadArguments(f"{p}: template is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+        raise BadArguments(
+            f"{p}: template is not valid JSON ({exc.msg}, line {exc.lineno})"
+        ) from exc
     return Template.from_dict(data, source=str(p))
 
 
@@ -294,7 +298,9 @@ def register(tpl: Template, structure: Structure, shape: tuple[int, int]) -> Reg
     compatible = same | framed
     tol = MATCH_TOLERANCE * w
 
-    def evaluate(sx: float, sy: float, tx: float, ty: float) -> tuple[int, float, list[tuple[int, int]]]:
+    def evaluate(
+        sx: float, sy: float, tx: float, ty: float
+    ) -> tuple[int, float, list[tuple[int, int]]]:
         mapped = te * np.array([sx, sy, sx, sy]) + np.array([tx, ty, tx, ty])
         err = np.abs(mapped[:, None, :] - de[None, :, :])  # (T, D, 4)
         err[..., 1] = np.where(t_under[:, None], 0.0, err[..., 1])
@@ -331,7 +337,11 @@ def register(tpl: Template, structure: Structure, shape: tuple[int, int]) -> Reg
     sx, sy, tx, ty = best[2]
     pairs = best[3]
     for _ in range(2):
-        sx, tx = _fit_axis([(te[i, 0], de[j, 0]) for i, j in pairs] + [(te[i, 2], de[j, 2]) for i, j in pairs], sx, tx)
+        sx, tx = _fit_axis(
+            [(te[i, 0], de[j, 0]) for i, j in pairs] + [(te[i, 2], de[j, 2]) for i, j in pairs],
+            sx,
+            tx,
+        )
         ys = [(te[i, 3], de[j, 3]) for i, j in pairs]
         ys += [(te[i, 1], de[j, 1]) for i, j in pairs if not t_under[i]]
         sy, ty = _fit_axis(ys, sy, ty)

@@ -192,7 +192,9 @@ def test_template_init_proposes_every_field(layout_and_template: tuple) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_registration_on_shifted_rotated_rescaled_scans(layout_and_template: tuple, seed: int) -> None:
+def test_registration_on_shifted_rotated_rescaled_scans(
+    layout_and_template: tuple, seed: int
+) -> None:
     layout, tpl = layout_and_template
     rng = np.random.default_rng(seed)
     form = render_form(layout, _digit_bank(), rng, max_angle=3, max_shift=0.03, max_scale=0.05)
@@ -286,8 +288,18 @@ def test_cli_template_init_and_batch_fields_csv(layout_and_template: tuple, tmp_
         pytest.skip("digits model not built yet")
     filled = render_form(layout, _digit_bank(), rng, empty_prob=0.0)
     cv2.imwrite(str(tmp_path / "filled.png"), filled.gray)
-    rc = main([str(tmp_path / "filled.png"), "-o", str(tmp_path / "o"), "--template", str(out),
-               "-q", "-j", "1"])
+    rc = main(
+        [
+            str(tmp_path / "filled.png"),
+            "-o",
+            str(tmp_path / "o"),
+            "--template",
+            str(out),
+            "-q",
+            "-j",
+            "1",
+        ]
+    )
     assert rc == 0
     rows = (tmp_path / "o" / "fields.csv").read_text().splitlines()
     assert rows[0] == "file,page,field,value,confidence,needs_review"

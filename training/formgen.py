@@ -237,10 +237,7 @@ def render_form(
         values[f.name] = "".join(str(labels[i]) for i in idx)
         ink = float(rng.uniform(0.0, 0.25))
         b = f.box
-        if f.kind == "comb":
-            slot_w = b.w / f.cells
-        else:
-            slot_w = (b.w - 0.3 * b.h) / f.length
+        slot_w = b.w / f.cells if f.kind == "comb" else (b.w - 0.3 * b.h) / f.length
         for k, i in enumerate(idx):
             height = fit_height(images[i], b.h * rng.uniform(0.6, 0.78), 0.85 * slot_w)
             if f.kind == "comb":
