@@ -621,6 +621,10 @@ def clean_ink(
 # 5. Characters of each field
 
 
+#: A candidate character's crop (uint8, dark ink on white) and its top-left on the deskewed page.
+_CropAt = tuple[npt.NDArray[np.uint8], tuple[int, int]]
+
+
 @dataclass
 class _Candidate:
     """A field's reading lattice: pieces' pixel masks and the edges that combine them."""
@@ -682,7 +686,7 @@ def _free_field_lattice(
     labels: npt.NDArray[np.int32],
     stats: npt.NDArray[np.int32],
     comps: list[int],
-    crops: list[npt.NDArray[np.uint8]],
+    crops: list[_CropAt],
 ) -> tuple[int, list[tuple[int, int, BBox, int]]]:
     """Lattice of a box or underline field from its components.
 
@@ -716,7 +720,7 @@ def _free_field_lattice(
         if gb.w > SPLIT_ASPECT * max(gb.h, char_h):
             parts = min(4, max(2, int(round(gb.w / (0.7 * max(gb.h, char_h))))))
         if parts == 1:
-            crops.append(_crop(labels, g, gb, (gb.x, gb.x2)))
+            crops.append((_crop(labels, g, gb, (gb.x, gb.x2)), (gb.x, gb.y)))
             edges.append((node, node + 1, gb, len(crops) - 1))
             singles.append((node, g, gb))
             node += 1
@@ -738,7 +742,7 @@ def _free_field_lattice(
                     int(ink_cols[-1] - ink_cols[0] + 1),
                     int(ink_rows[-1] - ink_rows[0] + 1),
                 )
-                crops.append(crop)
+                crops.append((crop, (gb.x, gb.y)))
                 edges.append((node + i, node + j, box, len(crops) - 1))
         node += n_pieces
     # Two neighbouring pieces may be one broken character (a 5 whose top came loose): offer
@@ -748,7 +752,7 @@ def _free_field_lattice(
             continue
         both = BBox.union([b0, b1])
         if both.w <= MERGE_WIDTH * char_h and b1.x - b0.x2 <= MERGE_GAP * char_h:
-            crops.append(_crop(labels, g0 + g1, both, (both.x, both.x2)))
+            crops.append((_crop(labels, g0 + g1, both, (both.x, both.x2)), (both.x, both.y)))
             edges.append((n0, n1 + 1, both, len(crops) - 1))
     return node + 1, edges
 
@@ -759,7 +763,7 @@ def _prepare(
     stats: npt.NDArray[np.int32],
     comps_by_zone: Mapping[int, list[int]],
     zone_ids: list[int],
-    crops: list[npt.NDArray[np.uint8]],
+    crops: list[_CropAt],
 ) -> _Candidate:
     cand = _Candidate(spec)
     if spec.unreadable:
@@ -787,7 +791,7 @@ def _prepare(
                 int(xs.max() - xs.min() + 1),
                 int(ys.max() - ys.min() + 1),
             )
-            crops.append(crop[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+            crops.append((crop[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], (box.x, box.y)))
             cand.edges.append((node, node + 1, box, len(crops) - 1))
             cand.cell_of_edge.append(cell_idx)
             node += 1
@@ -796,6 +800,34 @@ def _prepare(
     comps = [c for zid in zone_ids for c in comps_by_zone.get(zid, [])]
     cand.n_nodes, cand.edges = _free_field_lattice(labels, stats, comps, crops)
     return cand
+
+
+def _add_border_variants(
+    cands: list[_Candidate], crops: list[_CropAt], structure: Structure
+) -> None:
+    """Offer a second reading of each character that touches a border.
+
+    Where a stroke meets a border, :func:`clean_ink` keeps the border pixels under it; that
+    is right for a 2 resting on the line and wrong for a 7 whose bar was drawn just below it.
+    The same character without any border pixels becomes a parallel edge of the lattice, and
+    the decoder takes whichever reading is more probable.
+    """
+    lines = np.maximum(structure.h_lines, structure.v_lines)
+    for cand in cands:
+        extra = []
+        for s, e, box, ci in cand.edges:
+            crop, (x0, y0) = crops[ci]
+            h, w = crop.shape
+            sub = lines[y0 : y0 + h, x0 : x0 + w] > 0
+            ink = crop < 128
+            if sub.shape != crop.shape or not (sub & ink).any():
+                continue
+            variant = np.where(sub, 255, crop).astype(np.uint8)
+            if (variant < 128).sum() < 0.5 * ink.sum():
+                continue
+            crops.append((variant, (x0, y0)))
+            extra.append((s, e, box, len(crops) - 1))
+        cand.edges.extend(extra)
 
 
 def read_fields(
@@ -897,11 +929,12 @@ def read_fields(
                 if z2 != z and z2 in comb_zones:
                     comps_by_zone.setdefault(z2, []).append(comp)
 
-    crops: list[npt.NDArray[np.uint8]] = []
+    crops: list[_CropAt] = []
     cands = [
         _prepare(spec, labels, stats, comps_by_zone, ids, crops)
         for spec, ids in zip(specs, zone_ids, strict=True)
     ]
+    _add_border_variants(cands, crops, structure)
     timings["forms_segment"] = time.perf_counter() - t1
 
     # One batch per model: every candidate of every field with that charset.
@@ -913,7 +946,7 @@ def read_fields(
             by_charset.setdefault(cand.spec.constraint.charset, []).append(ci)
     for cs, idxs in by_charset.items():
         clf = _model_for(cs, charset, classifier, classifiers, load)
-        batch = np.stack([normalize(crops[i]) for i in idxs])
+        batch = np.stack([normalize(crops[i][0]) for i in idxs])
         p = clf.predict_proba(batch)
         for row, i in enumerate(idxs):
             probas[i] = (p[row], clf.labels)
