@@ -613,7 +613,11 @@ def clean_ink(
     kv = cv2.morphologyEx(
         (keep & vb).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((gap, 1), np.uint8)
     )
-    keep |= (kh.astype(bool) & hb) | (kv.astype(bool) & vb)
+    # Never across a cell separator: two digits of a comb leaving the same border would be
+    # joined into one.
+    kh_b = kh.astype(bool) & hb & ~v_lines.any(axis=0)[None, :]
+    kv_b = kv.astype(bool) & vb & ~h_lines.any(axis=1)[:, None]
+    keep |= kh_b | kv_b
     return np.where(rest | keep, 255, 0).astype(np.uint8)
 
 
