@@ -79,6 +79,13 @@ def _verbose() -> bool:
     return logging.getLogger("hwr-batch").isEnabledFor(logging.DEBUG)
 
 
+def _hwr_version() -> str:
+    """Task: the hwr-batch version where it runs (scheduler and worker environment check)."""
+    from hwr_batch import __version__
+
+    return __version__
+
+
 class PrepareWorker(WorkerPlugin):
     """Worker plugin: run ``initializer(init_arg)`` once in every worker process.
 
@@ -181,6 +188,8 @@ class DaskExecutor:
                 raise BadArguments(
                     f"--scheduler {scheduler}: no worker joined within {wait_for_workers_s:g} s"
                 ) from exc
+            if kind == "address":
+                self._check_environment()
             if initializer is not None or kind == "local":
                 plugin = PrepareWorker(initializer, init_arg, ignore_sigint=kind == "local")
                 self._client.register_plugin(plugin)
@@ -188,6 +197,33 @@ class DaskExecutor:
         except BaseException:
             self.close(cancel=True)
             raise
+
+    def _check_environment(self) -> None:
+        """Refuse, in one line, a cluster that cannot run our tasks.
+
+        The scheduler unpickles every task it is sent and workers run them, so both need
+        hwr-batch importable; and a worker with another version would read pages differently
+        from the next one. Without this check each page would fail on its own, as an
+        errors.csv row with Dask's deserialisation message.
+        """
+        from hwr_batch import __version__
+
+        probe = self._client.submit(_hwr_version, pure=False)
+        try:
+            probe.result(timeout=defaults.DASK_WAIT_FOR_WORKERS_S)
+        except Exception as exc:
+            raise BadArguments(
+                f"--scheduler {self.scheduler}: the Dask scheduler or its workers cannot run "
+                "hwr-batch tasks; install the same hwr-batch on the scheduler and every worker "
+                f"({(str(exc).splitlines() or [type(exc).__name__])[0]})"
+            ) from exc
+        versions = self._client.run(_hwr_version)
+        other = sorted({f"{v}" for v in versions.values()} - {__version__})
+        if other:
+            raise BadArguments(
+                f"--scheduler {self.scheduler}: workers run hwr-batch {', '.join(other)}, "
+                f"this client {__version__}; install one version everywhere"
+            )
 
     @property
     def workers(self) -> int:

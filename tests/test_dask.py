@@ -145,6 +145,22 @@ def test_same_outputs_byte_for_byte_as_local_pool(
     assert {p: p.stat().st_mtime_ns for p in page_jsons(out)} == stamps
 
 
+def test_existing_cluster_by_address(
+    inputs: Path, options: batch.ReadOptions, cluster: DaskExecutor, local_run: Path, tmp_path: Path
+) -> None:
+    # --scheduler tcp://HOST:PORT: connect to a running scheduler (here the module's cluster),
+    # check that it can run our tasks, and leave the cluster running when done.
+    address = cluster.client.scheduler.address
+    assert address.startswith("tcp://127.0.0.1:")
+    out = tmp_path / "out"
+    with DaskExecutor(address, batch.prepare_worker, options) as ex:
+        assert ex.workers == 2
+        report = batch.run_batch([str(inputs)], str(out), options, executor=ex)
+    assert (report.pages_read, report.pages_failed) == (N_PAGES, 0)
+    assert output_files(out) == output_files(local_run)
+    assert len(worker_pids(cluster)) == 2
+
+
 def test_file_urls_are_resolved_on_the_workers(
     inputs: Path, options: batch.ReadOptions, cluster: DaskExecutor, local_run: Path, tmp_path: Path
 ) -> None:
