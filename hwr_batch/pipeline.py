@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -259,7 +258,7 @@ def read_file(
     bad page have been yielded by then.
     """
     clf = _classifier(charset, classifier)
-    name = source if source is not None else str(Path(path)) if not isinstance(path, str) else path
+    name = source if source is not None else str(path)
     pages = iter_pages(path, dpi=dpi, max_pixels=max_pixels)
     while True:
         t0 = time.perf_counter()

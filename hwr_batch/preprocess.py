@@ -233,25 +233,29 @@ def text_height(ink_small: BoolArr, factor: int) -> float:
 _RIM = 7
 
 
+def _block_ink(ink: BoolArr, factor: int) -> U8:
+    """uint8 0/1 (H // factor, W // factor): a block is ink if any of its pixels is."""
+    h, w = ink.shape
+    if factor <= 1:
+        return np.ascontiguousarray(ink, dtype=np.uint8)
+    # 0/255 so that one inked pixel keeps its block above zero after averaging.
+    small = cv2.resize(
+        ink.view(np.uint8) * np.uint8(255),
+        (max(1, w // factor), max(1, h // factor)),
+        interpolation=cv2.INTER_AREA,
+    )
+    return (np.asarray(small) > 0).astype(np.uint8)
+
+
 def _line_bands(
-    ink: BoolArr, length: int, factor: int, horizontal: bool
+    small: U8, shape: tuple[int, int], length: int, factor: int, horizontal: bool
 ) -> list[tuple[slice, slice]]:
     """Regions (row slice, column slice) of the full page that hold a long straight run.
 
-    Found on a copy downscaled by ``factor`` (a block is ink if any of its pixels is), where
-    the opening is cheap; each region is the run's box grown by two blocks.
+    small: the page's ink by blocks of ``factor`` (:func:`_block_ink`), where the opening is
+    cheap; shape: the full page's (H, W). Each region is the run's box grown by two blocks.
     """
-    h, w = ink.shape
-    if factor > 1:
-        # 0/255 so that one inked pixel keeps its block above zero after averaging.
-        small = cv2.resize(
-            ink.view(np.uint8) * np.uint8(255),
-            (max(1, w // factor), max(1, h // factor)),
-            interpolation=cv2.INTER_AREA,
-        )
-        small = (small > 0).astype(np.uint8)
-    else:
-        small = ink.view(np.uint8)
+    h, w = shape
     k = max(3, length // factor - 1)
     kernel = np.ones((1, k) if horizontal else (k, 1), np.uint8)
     # Bridge the gaps of dashed (faint) lines and the steps of slightly slanted ones.
@@ -288,6 +292,7 @@ def remove_lines(ink: BoolArr, text_h: float, factor: int = 1) -> tuple[BoolArr,
     length = max(defaults.LINE_MIN_LENGTH_PX, int(defaults.LINE_MIN_LENGTH_TEXT_HEIGHTS * text_h))
     bridge = max(3, int(round(defaults.LINE_BRIDGE_TEXT_HEIGHTS * text_h)) | 1)
     h, w = ink.shape
+    small = _block_ink(ink, factor)
     for horizontal in (True, False):
         run_kernel = np.ones((1, length) if horizontal else (length, 1), np.uint8)
         rim_kernel = np.ones((_RIM, 1) if horizontal else (1, _RIM), np.uint8)
@@ -295,7 +300,7 @@ def remove_lines(ink: BoolArr, text_h: float, factor: int = 1) -> tuple[BoolArr,
         across = bridge + _RIM
         bridge_kernel = np.ones((across, 1) if horizontal else (1, across), np.uint8)
         gap_kernel = np.ones((3, bridge) if horizontal else (bridge, 3), np.uint8)
-        for rows, cols in _line_bands(ink, length, factor, horizontal):
+        for rows, cols in _line_bands(small, (h, w), length, factor, horizontal):
             # Grow the band across the line so the bridge sees the strokes on both sides.
             if horizontal:
                 rows = slice(max(0, rows.start - across), min(h, rows.stop + across))
