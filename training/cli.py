@@ -33,7 +33,7 @@ def _widths(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected three integers like 32,48,96: {text}") from exc
     if len(parts) != 3 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected three positive integers: {text}")
-    return parts  # type: ignore[return-value]
+    return parts[0], parts[1], parts[2]
 
 
 def _positive_int(text: str) -> int:

@@ -382,7 +382,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] | None = None, quiet: bool = 
     mean, std = float(sample.mean()), float(sample.std() + 1e-6)
 
     model = CharCNN(len(cfg.labels), cfg.widths, mean=mean, std=std, dropout=cfg.dropout)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
     epochs = 1 if cfg.dry_run else cfg.epochs
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)

@@ -48,6 +48,8 @@ class CharCNN(nn.Module):
     ) -> None:
         super().__init__()
         w0, w1, w2 = widths
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         self.features = nn.Sequential(
