@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layouts", type=int, default=4, help="different blank forms")
     ap.add_argument("--forms", type=int, default=10, help="filled scans per layout")
     ap.add_argument("--fields", type=int, default=10, help="fields per form")
-    ap.add_argument("--width", type=int, default=1240, help="page width in px (1240 = A4 150 dpi)")
+    ap.add_argument(
+        "--width", type=int, default=2480, help="page width in px (2480 = A4 at 300 dpi)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="digits", help="digits model name or .onnx path")
     ap.add_argument("--mnist", default="../shared/datasets/mnist", help="MNIST idx folder")

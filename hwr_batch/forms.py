@@ -22,6 +22,7 @@ Coordinates: detection works on the deskewed page; every box handed back in a
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 #: comb cell is 40-90 px wide and a handwritten stroke's straight run rarely exceeds 2% of
 #: the width, so 1/50 keeps cell borders and drops most strokes.
 LINE_MIN_FRACTION = 1 / 50
+#: Width of the copy the skew's Hough search runs on.
+SKEW_WORK_WIDTH = 1000
 #: Share of its columns a ruled line must cover to count for skew (text baselines have gaps).
 LINE_SOLIDITY = 0.9
 #: An underline is a horizontal line at least this fraction of the page width long, and not a
@@ -169,13 +172,18 @@ def estimate_skew(ink: npt.NDArray[np.uint8], max_angle: float = 10.0) -> float:
     ink: uint8 (H, W) 0/255. Returns 0.0 when the page has no long lines.
     """
     h, w = ink.shape
-    min_len = max(30, int(w * UNDERLINE_MIN_FRACTION))
+    # Hough on a copy at most SKEW_WORK_WIDTH wide (its cost grows with the pixel count); the
+    # refit below recovers full-resolution precision.
+    f = max(1, int(math.ceil(w / SKEW_WORK_WIDTH)))
+    small = ink if f == 1 else cv2.resize(ink, (w // f, h // f), interpolation=cv2.INTER_AREA)
+    small = np.where(small > 0, 255, 0).astype(np.uint8)
+    min_len = max(30, int(small.shape[1] * UNDERLINE_MIN_FRACTION))
     segs = cv2.HoughLinesP(
-        ink, 1, np.pi / 1440, threshold=min_len // 2, minLineLength=min_len, maxLineGap=4
+        small, 1, np.pi / 720, threshold=min_len // 2, minLineLength=min_len, maxLineGap=3
     )
     if segs is None:
         return 0.0
-    s = np.asarray(segs).reshape(-1, 4).astype(np.float64)
+    s = np.asarray(segs).reshape(-1, 4).astype(np.float64) * f
     dx, dy = s[:, 2] - s[:, 0], s[:, 3] - s[:, 1]
     length = np.hypot(dx, dy)
     # Image y grows downwards: a line rising to the right has dy < 0, i.e. a positive angle.
@@ -188,7 +196,7 @@ def estimate_skew(ink: npt.NDArray[np.uint8], max_angle: float = 10.0) -> float:
     # refit each long segment to the ink pixels along it for a precise angle.
     refined, weights = [], []
     for k in np.argsort(-length * keep)[: min(60, int(keep.sum()))]:
-        fit = _fit_segment(ink, s[k])
+        fit = _fit_segment(ink, s[k], slack=3.0 + f)
         if fit is not None and abs(fit) <= max_angle:
             refined.append(fit)
             weights.append(length[k])
@@ -200,31 +208,40 @@ def estimate_skew(ink: npt.NDArray[np.uint8], max_angle: float = 10.0) -> float:
     return float(a[order][np.searchsorted(cum, cum[-1] / 2.0)])
 
 
-def _fit_segment(ink: npt.NDArray[np.uint8], seg: npt.NDArray[np.float64]) -> float | None:
-    """Angle (degrees, counter-clockwise positive) of the line fitted to the ink within 3 px of
-    a Hough segment (x1, y1, x2, y2), by least squares of y on x."""
+def _fit_segment(
+    ink: npt.NDArray[np.uint8], seg: npt.NDArray[np.float64], slack: float = 3.0
+) -> float | None:
+    """Angle (degrees, counter-clockwise positive) of the ruled line near a Hough segment.
+
+    seg: (x1, y1, x2, y2), known to within ``slack`` pixels. The ink within that band is fitted
+    by least squares (y on x), then refitted to the ink within 2 px of the first fit, so a
+    thick line's staircase and the segment's coarseness do not bias the angle.
+    """
     x1, y1, x2, y2 = (float(v) for v in seg)
     h, w = ink.shape
     if x2 == x1:
         return None
+    pad = int(math.ceil(slack)) + 2
     x0, xe = int(max(0, min(x1, x2))), int(min(w, max(x1, x2) + 1))
-    y0, ye = int(max(0, min(y1, y2) - 4)), int(min(h, max(y1, y2) + 5))
+    y0, ye = int(max(0, min(y1, y2) - pad)), int(min(h, max(y1, y2) + pad + 1))
     ys, xs = np.nonzero(ink[y0:ye, x0:xe])
     if xs.size < 10:
         return None
     xf, yf = (xs + x0).astype(np.float64), (ys + y0).astype(np.float64)
-    slope = (y2 - y1) / (x2 - x1)
-    near = np.abs(yf - (y1 + slope * (xf - x1))) <= 3
-    if near.sum() < 10 or np.ptp(xf[near]) < 10:
-        return None
-    fit_slope, fit_icpt = np.polyfit(xf[near], yf[near], 1)
+    slope, icpt = (y2 - y1) / (x2 - x1), y1 - (y2 - y1) / (x2 - x1) * x1
+    band = slack
+    for _ in range(3):
+        near = np.abs(yf - (slope * xf + icpt)) <= band
+        if near.sum() < 10 or np.ptp(xf[near]) < 10:
+            return None
+        slope, icpt = np.polyfit(xf[near], yf[near], 1)
+        band = 2.0
     # A ruled line is solid: ink within 2 px of the fit in nearly every column. The aligned
     # bases of a row of printed characters also make a Hough segment, but a gappy one.
-    on_line = np.abs(yf - (fit_slope * xf + fit_icpt)) <= 2
-    columns = np.unique(xs[on_line]).size
-    if columns < LINE_SOLIDITY * (xe - x0):
+    on_line = np.abs(yf - (slope * xf + icpt)) <= 2
+    if np.unique(xs[on_line]).size < LINE_SOLIDITY * (xe - x0):
         return None
-    return float(-np.degrees(np.arctan(fit_slope)))
+    return float(-np.degrees(np.arctan(slope)))
 
 
 def rotation_matrix(angle: float, shape: tuple[int, int]) -> npt.NDArray[np.float64]:
@@ -887,7 +904,21 @@ def read_fields(
         ]
 
     t1 = time.perf_counter()
-    clean = clean_ink(ink, structure.h_lines, structure.v_lines, structure.line_width)
+    # Borders only exist around detected fields: clean those windows, leave the rest as is.
+    clean = ink.copy()
+    pad = 4 * structure.line_width + 8
+    for geo in structure.fields:
+        win = _clip(
+            BBox(geo.bbox.x - pad, geo.bbox.y - pad, geo.bbox.w + 2 * pad, geo.bbox.h + 2 * pad),
+            shape,
+        )
+        ys, xs = slice(win.y, win.y2), slice(win.x, win.x2)
+        clean[ys, xs] = clean_ink(
+            ink[ys, xs],
+            structure.h_lines[ys, xs],
+            structure.v_lines[ys, xs],
+            structure.line_width,
+        )
     n_lab, labels_any, stats_any, _cent = cv2.connectedComponentsWithStats(clean, connectivity=8)
     labels = np.asarray(labels_any, np.int32)
     stats = np.asarray(stats_any, np.int32)
