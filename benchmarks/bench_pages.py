@@ -499,7 +499,9 @@ def markdown_report(
     for kind, mem in memory.items():
         if not mem.samples:
             continue
-        first, last = mem.samples[0], mem.samples[-1]
+        # The first sample after a page is done: before that the workers are still starting.
+        first = next((x for x in mem.samples if x.pages_done > 0), mem.samples[0])
+        last = mem.samples[-1]
         out += [
             "",
             f"Worker RSS over the {kind} run ({len(mem.samples)} samples): first at "
@@ -509,6 +511,20 @@ def markdown_report(
             + ", ".join(f"{v:.0f} MB" for v in last.rss_mb.values())
             + "; peak (VmHWM) per worker: "
             + ", ".join(f"{v:.0f} MB" for v in mem.peak_mb.values()),
+            "",
+            "| seconds | pages done | RSS per worker MB |",
+            "|---:|---:|---|",
+        ]
+        # Up to 8 samples, evenly spaced, first and last included.
+        step = max(1, (len(mem.samples) - 1) // 7)
+        picked = mem.samples[::step]
+        if picked[-1] is not mem.samples[-1]:
+            picked.append(mem.samples[-1])
+        out += [
+            f"| {x.t:.0f} | {x.pages_done} | "
+            + ", ".join(f"{v:.0f}" for v in x.rss_mb.values())
+            + " |"
+            for x in picked
         ]
     return "\n".join(out) + "\n"
 
