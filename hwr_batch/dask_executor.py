@@ -155,7 +155,7 @@ class DaskExecutor:
             # start. One task per single-threaded worker at a time (saturation 1.0) so that a
             # worker that dies takes the blame only for the page it was reading. No statistical
             # profiler in the workers: it samples every thread's stack every 10 ms, holding the
-            # GIL that the page reader needs (it cost ~10% of throughput per worker).
+            # GIL that the page reader needs, for profiles nobody looks at in a batch.
             with dask.config.set(
                 {
                     "distributed.scheduler.allowed-failures": allowed_failures,
