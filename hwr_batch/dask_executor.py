@@ -28,7 +28,6 @@ installed raises BadArguments with the one line that says how to install it.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import threading
@@ -38,7 +37,7 @@ from typing import Any
 
 from hwr_batch import defaults
 from hwr_batch.errors import BadArguments
-from hwr_batch.executors import Outcome, WorkerCrashed
+from hwr_batch.executors import Outcome, WorkerCrashed, available_cores
 
 _INSTALL_HINT = "--scheduler needs Dask; install the extra: pip install 'hwr-batch[dask]'"
 
@@ -59,11 +58,15 @@ _WORKER_CHECK_S = 5.0
 
 
 def parse_scheduler(spec: str, jobs: int | None = None) -> tuple[str, int | None, str | None]:
-    """``("local", N, None)`` for ``local[:N]`` (N defaults to ``jobs``, else the cores here),
-    ``("address", None, ADDRESS)`` for a scheduler address. Raises BadArguments otherwise."""
+    """Parse ``--scheduler``.
+
+    ``("local", N, None)`` for ``local[:N]`` (N defaults to ``jobs``, else the cores this process
+    may use); ``("address", None, ADDRESS)`` for a scheduler address. Raises BadArguments
+    otherwise.
+    """
     m = _LOCAL_RE.match(spec)
     if m:
-        n = int(m.group("n")) if m.group("n") else (jobs or os.cpu_count() or 1)
+        n = int(m.group("n")) if m.group("n") else (jobs or available_cores())
         if n < 1:
             raise BadArguments(f"--scheduler {spec}: need at least one worker")
         return "local", n, None
