@@ -114,6 +114,14 @@ def worker_pids(ex: DaskExecutor, n: int = 2) -> set[int]:
         time.sleep(0.2)
 
 
+def _model_loads() -> tuple[int, int]:
+    """(loads, cache hits) of the classifier cache in this process."""
+    from hwr_batch import classify
+
+    info = classify._load.cache_info()
+    return info.misses, info.hits
+
+
 def test_parse_scheduler() -> None:
     assert parse_scheduler("local:3") == ("local", 3, None)
     assert parse_scheduler("local", jobs=5) == ("local", 5, None)
@@ -132,6 +140,10 @@ def test_same_outputs_byte_for_byte_as_local_pool(
     # Pages were read on the workers, not in this process.
     pids = worker_pids(cluster)
     assert os.getpid() not in pids and len(pids) == 2
+    # Each worker loaded the model once (its plugin, at start) and reused it for every page.
+    loads = cluster.client.run(_model_loads)
+    assert all(misses == 1 and hits >= 1 for misses, hits in loads.values()), loads
+    assert sum(hits for _, hits in loads.values()) >= N_PAGES
     got, want = output_files(out), output_files(local_run)
     assert sorted(got) == sorted(want)
     assert sum(name.endswith(".json") for name in got) == N_PAGES
