@@ -44,19 +44,24 @@ def _stretch(ink: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
     Photographed crops sit on grey paper and pencil is faint; without this the CNN sees a grey
     square. Levels come from an Otsu split of the crop itself, so a crop that is all ink or all
-    paper (no bimodality) is left as it is.
+    paper (no bimodality) is left as it is. The statistics are read off a 256-bin histogram
+    (exact for uint8 input): sorting for a median and a percentile cost twice the rest of the
+    normaliser on reader-sized crops.
     """
-    lo, hi = float(ink.min()), float(ink.max())
-    if hi - lo < 1e-3:
+    q = np.round(ink * 255.0).astype(np.uint8)
+    hist = np.bincount(q.ravel(), minlength=256)
+    levels = np.flatnonzero(hist)
+    if levels[-1] - levels[0] < 1:
         return ink
-    u8 = np.round((ink - lo) / (hi - lo) * 255).astype(np.uint8)
-    t, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    t = lo + (t / 255.0) * (hi - lo)
-    below, above = ink[ink <= t], ink[ink > t]
-    if below.size == 0 or above.size == 0:
+    t, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    t = int(t)
+    below, above = hist[: t + 1], hist[t + 1 :]
+    n_below, n_above = int(below.sum()), int(above.sum())
+    if n_below == 0 or n_above == 0:
         return ink
-    bg = float(np.median(below))
-    fg = float(np.percentile(above, 90))
+    # Median of the paper side and 90th percentile of the ink side, as histogram quantiles.
+    bg = float(np.searchsorted(np.cumsum(below), (n_below + 1) / 2)) / 255.0
+    fg = float(t + 1 + np.searchsorted(np.cumsum(above), 0.9 * n_above)) / 255.0
     if fg - bg < 0.1:
         # Low contrast: noise, not a character. Keep it faint so it stays "empty".
         return np.clip(ink - bg, 0.0, 1.0)
@@ -139,9 +144,7 @@ def normalize(crop: npt.ArrayLike, dark_ink: bool = True) -> npt.NDArray[np.floa
     return out
 
 
-def normalize_batch(
-    crops: list[npt.ArrayLike], dark_ink: bool = True
-) -> npt.NDArray[np.float32]:
+def normalize_batch(crops: list[npt.ArrayLike], dark_ink: bool = True) -> npt.NDArray[np.float32]:
     """:func:`normalize` over a list of crops -> float32 (N, 28, 28)."""
     out = np.zeros((len(crops), defaults.MODEL_SIZE, defaults.MODEL_SIZE), np.float32)
     for i, crop in enumerate(crops):
