@@ -632,8 +632,10 @@ def clean_ink(
     )
     # Never across a cell separator: two digits of a comb leaving the same border would be
     # joined into one.
-    kh_b = kh.astype(bool) & hb & ~v_lines.any(axis=0)[None, :]
-    kv_b = kv.astype(bool) & vb & ~h_lines.any(axis=1)[:, None]
+    sep_cols = np.asarray(v_lines.any(axis=0), bool)
+    sep_rows = np.asarray(h_lines.any(axis=1), bool)
+    kh_b = kh.astype(bool) & hb & ~sep_cols[None, :]
+    kv_b = kv.astype(bool) & vb & ~sep_rows[:, None]
     keep |= kh_b | kv_b
     return np.where(rest | keep, 255, 0).astype(np.uint8)
 
@@ -851,6 +853,30 @@ def _add_border_variants(
         cand.edges.extend(extra)
 
 
+def _add_gray_variants(
+    cands: list[_Candidate], crops: list[_CropAt], desk: npt.NDArray[np.uint8]
+) -> None:
+    """A second view of every candidate: the scan's own gray levels under its ink mask.
+
+    The binary crop loses the pen's soft edges and faint strokes that Otsu cut; the gray one
+    keeps them but also keeps paper noise. The lattice gets both as parallel edges and the
+    decoder keeps the more probable reading of each character.
+    """
+    kernel = np.ones((3, 3), np.uint8)
+    for cand in cands:
+        extra = []
+        for s, e, box, ci in cand.edges:
+            crop, (x0, y0) = crops[ci]
+            h, w = crop.shape
+            page = desk[y0 : y0 + h, x0 : x0 + w]
+            if page.shape != crop.shape:
+                continue
+            mask = cv2.dilate((crop < 128).astype(np.uint8), kernel) > 0
+            crops.append((np.where(mask, page, 255).astype(np.uint8), (x0, y0)))
+            extra.append((s, e, box, len(crops) - 1))
+        cand.edges.extend(extra)
+
+
 def read_fields(
     gray: npt.NDArray[np.uint8],
     *,
@@ -970,6 +996,7 @@ def read_fields(
         for spec, ids in zip(specs, zone_ids, strict=True)
     ]
     _add_border_variants(cands, crops, structure)
+    _add_gray_variants(cands, crops, desk)
     timings["forms_segment"] = time.perf_counter() - t1
 
     # One batch per model: every candidate of every field with that charset.

@@ -145,7 +145,8 @@ def test_read_fields_one_batch_prompts_ignored_and_empty_fields() -> None:
     assert box.value == "" and box.chars == () and not box.needs_review
     assert comb.value == "777" and len(comb.chars) == 3
     assert under.value == "77"
-    assert counter.batches == [5], "all candidates of a page go in one batch"
+    # 5 characters, each seen twice (binary and gray crop), all in one batch for the page.
+    assert counter.batches == [10], "all candidates of a page go in one batch"
     # Character boxes lie inside their cells (page coordinates; this page is not skewed).
     assert comb.chars[0].bbox.x >= 300 and comb.chars[0].bbox.x2 <= 350
 
