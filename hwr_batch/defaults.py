@@ -46,6 +46,23 @@ WEB_MAX_CONCURRENT = 2
 #: pixels on the long side: ~900 px keeps a 300 dpi character 15-25 px tall, plenty for those
 #: estimates, at a sixteenth of the full page's cost.
 ANALYSIS_SIDE = 900
+#: Pages with large characters are analysed at a reduced scale (an integer factor, block means;
+#: boxes are mapped back to page pixels): the model sees a 20-px glyph, so a character several
+#: times that tall carries pixels that cost preprocessing time and help nothing. The factor is
+#: the largest that keeps the estimated text height at or above ANALYSIS_MIN_TEXT_PX. 48, not
+#: the ~24 the model would tolerate: preprocess and segment have pixel constants calibrated
+#: at 300 dpi (BACKGROUND_KERNEL_PX, SAUVOLA_WINDOW_PX, LINE_MIN_LENGTH_PX, the 7-row rim of a
+#: removed line, a 3x3 dilation), and a 300 dpi page (60-80 px characters) read at 1/2 lost
+#: accuracy against them (12 generated digit pages: 95 -> 108 errors of 3,600; 6 letter pages:
+#: 192 -> 223 of 1,800). 48 keeps 300 dpi pages at full size and reads 600 dpi pages
+#: (120-160 px characters) at 1/2, in the range those constants were chosen for.
+ANALYSIS_MIN_TEXT_PX = 48
+#: Largest analysis factor (a 1,200 dpi page is read at 1/4, like a 300 dpi page).
+ANALYSIS_MAX_SCALE = 4
+#: Pages whose long side is under this (pixels) are read at full size without estimating the
+#: text height (about 14 ms a page): at 300 dpi an A4 page (3,508 px) could not reach factor 2
+#: unless its characters were over 96 px (a third of an inch) tall.
+ANALYSIS_ESTIMATE_MIN_SIDE = 4_000
 #: Background closing size at full resolution: wider than any stroke or small loop filled with
 #: ink (6-20 px at 300 dpi), narrower than the shading it must follow.
 BACKGROUND_KERNEL_PX = 61

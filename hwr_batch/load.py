@@ -38,6 +38,8 @@ SUFFIXES = IMAGE_SUFFIXES + PDF_SUFFIXES
 
 _PDF_MAGIC = b"%PDF"
 _PT_PER_INCH = 72.0
+#: EXIF tag of the image orientation (1 = upright).
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,14 @@ def to_gray(im: Image.Image) -> npt.NDArray[np.uint8]:
     Handles EXIF orientation, 1-bit, palette (with transparency), 16-bit and 32-bit integer,
     float, CMYK, and alpha (composited on white: transparent means paper).
     """
-    im = ImageOps.exif_transpose(im) or im
+    if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        # exif_transpose copies the page even when there is nothing to turn: only call it
+        # when the orientation tag asks for a turn.
+        im = ImageOps.exif_transpose(im) or im
     mode = im.mode
+    if mode == "L":
+        # The common case (gray scans): no conversion, one copy into numpy.
+        return np.asarray(im, dtype=np.uint8)
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         mode = im.mode

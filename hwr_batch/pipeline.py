@@ -22,7 +22,13 @@ from hwr_batch.assemble import assemble
 from hwr_batch.classify import Classifier, load_classifier
 from hwr_batch.errors import BadArguments
 from hwr_batch.load import LoadedPage, iter_pages, load_page, to_gray
-from hwr_batch.preprocess import Preprocessed, preprocess
+from hwr_batch.preprocess import (
+    Preprocessed,
+    estimate_background,
+    flatten,
+    preprocess,
+    text_height,
+)
 from hwr_batch.records import BBox, Char, PageResult
 from hwr_batch.segment import Segmentation, segment
 
@@ -78,9 +84,14 @@ class PageAnalysis:
 
     Forms and overlays need more than the result: the deskewed page, the ink and removed
     lines (box borders), and the characters on the deskewed canvas.
+    The page is analysed at ``1 / scale`` of its size (see :func:`analysis_scale`): ``prep``,
+    ``seg`` and ``canvas_boxes`` are in the pixels of that copy (``prep.text_height`` too, so
+    grouping by canvas boxes and text height is unchanged); ``chars`` carry boxes on the
+    original page.
     prep: the preprocessed page. seg: the character candidates.
     canvas_boxes: float64 (N, 4) character boxes on the deskewed canvas.
     chars: the N classified characters, boxes on the original page.
+    scale: int >= 1, the page was downscaled by this factor before analysis.
     """
 
     prep: Preprocessed
@@ -88,10 +99,86 @@ class PageAnalysis:
     canvas_boxes: npt.NDArray[np.float64]
     chars: list[Char]
     timings: dict[str, float]
+    scale: int = 1
 
 
-def classify_candidates(seg: Segmentation, prep: Preprocessed, clf: Classifier) -> list[Char]:
-    """One batched classification of every character of a page -> Chars (page boxes)."""
+def estimate_text_height(gray: npt.NDArray[np.uint8]) -> float:
+    """Character height (pixels of ``gray``) from a small copy; 0.0 if none is found.
+
+    gray: uint8 (H, W), dark ink on paper. The estimate preprocess makes (background
+    flattened, Otsu with a contrast floor under the paper level, ink-weighted median component
+    height) on a copy about ANALYSIS_SIDE pixels long, with the paper level from a histogram,
+    so it costs a few milliseconds.
+    """
+    import cv2
+
+    h, w = gray.shape
+    factor = max(1, int(round(max(h, w) / defaults.ANALYSIS_SIDE)))
+    # An exact integer block mean: OpenCV's area resize is several times slower at a
+    # fractional ratio.
+    small = downscale(gray, factor)
+    if float(np.percentile(small, 90)) < defaults.DARK_PAGE_LEVEL:
+        return 0.0
+    bg = estimate_background(small, max(3, int(defaults.BACKGROUND_KERNEL_PX / factor)))
+    flat = flatten(small, bg)
+    otsu, _ = cv2.threshold(flat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    cum = np.cumsum(np.bincount(flat.ravel(), minlength=256))
+    paper = float(np.searchsorted(cum, cum[-1] / 2))
+    return text_height(flat <= min(float(otsu), paper - defaults.MIN_INK_CONTRAST), factor)
+
+
+def analysis_scale(gray: npt.NDArray[np.uint8]) -> int:
+    """The integer factor by which to downscale a page before analysing it (1 = not at all).
+
+    The model sees a 20-px glyph, so characters far taller than that cost preprocessing and
+    segmentation time (four times the pixels per halving) without helping the reading. The
+    factor is the largest that keeps the estimated text height at or above
+    ANALYSIS_MIN_TEXT_PX, at most ANALYSIS_MAX_SCALE. Pages whose long side is under
+    ANALYSIS_ESTIMATE_MIN_SIDE are read at full size without estimating anything (no cost);
+    so are pages where no text height is found.
+    gray: uint8 (H, W).
+    """
+    if defaults.ANALYSIS_MAX_SCALE <= 1 or max(gray.shape) < defaults.ANALYSIS_ESTIMATE_MIN_SIDE:
+        return 1
+    th = estimate_text_height(gray)
+    if th <= 0:
+        return 1
+    return int(max(1, min(defaults.ANALYSIS_MAX_SCALE, th // defaults.ANALYSIS_MIN_TEXT_PX)))
+
+
+def downscale(gray: npt.NDArray[np.uint8], scale: int) -> npt.NDArray[np.uint8]:
+    """Shrink a page by an integer factor, exactly: pixel (y, x) of the result is the mean of
+    the block ``gray[y*s:(y+1)*s, x*s:(x+1)*s]``.
+
+    gray: uint8 (H, W). Returns uint8 (ceil(H/s), ceil(W/s)); the last row and column of
+    blocks are padded by repeating the page's edge, so no block straddles two source pixels.
+    """
+    import cv2
+
+    if scale <= 1:
+        return gray
+    h, w = gray.shape
+    ph, pw = -h % scale, -w % scale
+    src = gray
+    if ph or pw:
+        src = np.asarray(cv2.copyMakeBorder(gray, 0, ph, 0, pw, cv2.BORDER_REPLICATE), np.uint8)
+    size = ((w + pw) // scale, (h + ph) // scale)
+    return np.asarray(cv2.resize(src, size, interpolation=cv2.INTER_AREA), np.uint8)
+
+
+def classify_candidates(
+    seg: Segmentation,
+    prep: Preprocessed,
+    clf: Classifier,
+    scale: int = 1,
+    page_shape: tuple[int, int] | None = None,
+) -> list[Char]:
+    """One batched classification of every character of a page -> Chars (page boxes).
+
+    scale: the page was analysed at 1/scale; boxes are mapped back to the page of
+    ``page_shape`` (H, W) (default: the analysed page), each analysed pixel covering a
+    scale x scale block.
+    """
     if not seg.chars:
         return []
     # Segmentation already classified most characters (it needs their confidence to decide
@@ -106,6 +193,13 @@ def classify_candidates(seg: Segmentation, prep: Preprocessed, clf: Classifier) 
         proba[todo] = fresh
     top = clf.topk(proba, defaults.TOP_K)
     boxes = prep.boxes_to_page(np.array([c.bbox for c in seg.chars], np.float64))
+    if scale > 1:
+        h, w = page_shape if page_shape is not None else prep.original_shape
+        x0 = np.minimum(boxes[:, 0] * scale, w)
+        y0 = np.minimum(boxes[:, 1] * scale, h)
+        x1 = np.minimum((boxes[:, 0] + boxes[:, 2]) * scale, w)
+        y1 = np.minimum((boxes[:, 1] + boxes[:, 3]) * scale, h)
+        boxes = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)
     out = []
     for alts, box in zip(top, boxes, strict=True):
         label, conf = alts[0]
@@ -120,11 +214,27 @@ def classify_candidates(seg: Segmentation, prep: Preprocessed, clf: Classifier) 
     return out
 
 
-def analyse_page(gray: npt.NDArray[np.uint8], clf: Classifier) -> PageAnalysis:
-    """Preprocess, segment and classify a gray page (uint8 (H, W), dark ink on paper)."""
+def analyse_page(
+    gray: npt.NDArray[np.uint8], clf: Classifier, scale: int | None = None
+) -> PageAnalysis:
+    """Preprocess, segment and classify a gray page (uint8 (H, W), dark ink on paper).
+
+    scale: analyse the page downscaled by this integer factor (None: :func:`analysis_scale`
+    picks it from the text height; 1: full resolution). Character boxes come back in the
+    pixels of ``gray`` whatever the scale.
+    """
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    prep = preprocess(gray)
+    if scale is None:
+        scale = analysis_scale(gray)
+    scale = max(1, int(scale))
+    page_shape = (int(gray.shape[0]), int(gray.shape[1]))
+    work = downscale(gray, scale)
+    timings["scale"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    prep = preprocess(work)
+    del work
     timings["preprocess"] = time.perf_counter() - t
     for k, v in prep.timings.items():
         if k != "preprocess":
@@ -135,10 +245,10 @@ def analyse_page(gray: npt.NDArray[np.uint8], clf: Classifier) -> PageAnalysis:
     timings["segment"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chars = classify_candidates(seg, prep, clf)
+    chars = classify_candidates(seg, prep, clf, scale, page_shape)
     timings["classify"] = time.perf_counter() - t
     canvas = np.array([c.bbox for c in seg.chars], np.float64).reshape(-1, 4)
-    return PageAnalysis(prep, seg, canvas, chars, timings)
+    return PageAnalysis(prep, seg, canvas, chars, timings, scale)
 
 
 def read_page(

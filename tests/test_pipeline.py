@@ -13,7 +13,7 @@ from PIL import Image
 import hwr_batch
 from hwr_batch.classify import Classifier, load_classifier
 from hwr_batch.errors import BadArguments, ModelError, UnreadableInput
-from hwr_batch.pipeline import read_file, read_page
+from hwr_batch.pipeline import analyse_page, analysis_scale, downscale, read_file, read_page
 from hwr_batch.records import PageResult
 from training.pagegen import cer, edit_distance, generate_page, mnist_test, style
 
@@ -70,6 +70,50 @@ def test_boxes_are_in_original_page_pixels(digits: Classifier) -> None:
         nearest = min(np.hypot(cx - x, cy - y) for x, y in centres)
         assert nearest < 6
         assert b.x >= 0 and b.x2 <= 900 and b.y >= 0 and b.y2 <= 600
+
+
+def test_downscale_is_an_exact_block_mean() -> None:
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (37, 50), dtype=np.uint8)
+    for s in (2, 3, 4):
+        small = downscale(gray, s)
+        h, w = -(-37 // s), -(-50 // s)
+        assert small.shape == (h, w) and small.dtype == np.uint8
+        padded = np.pad(gray, ((0, h * s - 37), (0, w * s - 50)), mode="edge").astype(float)
+        means = padded.reshape(h, s, w, s).mean(axis=(1, 3))
+        assert np.abs(small.astype(float) - means).max() <= 1.0
+    assert downscale(gray, 1) is gray
+
+
+def test_reduced_analysis_scale_keeps_page_coordinates(digits: Classifier) -> None:
+    gray, centres = zeros_page(angle=3.0)
+    full = analyse_page(gray, digits, scale=1)
+    half = analyse_page(gray, digits, scale=2)
+    assert full.scale == 1 and half.scale == 2
+    assert half.prep.gray.shape[0] < gray.shape[0]  # really analysed the smaller copy
+    assert [c.label for c in half.chars] == [c.label for c in full.chars]
+    assert len(half.chars) == len(centres)
+    for a, b in zip(full.chars, half.chars, strict=True):
+        # Same character, same page pixels, within the 2-px block of the smaller copy.
+        assert abs(a.bbox.x - b.bbox.x) <= 4 and abs(a.bbox.y - b.bbox.y) <= 4
+        assert abs(a.bbox.x2 - b.bbox.x2) <= 4 and abs(a.bbox.y2 - b.bbox.y2) <= 4
+        assert b.bbox.x >= 0 and b.bbox.x2 <= 900 and b.bbox.y >= 0 and b.bbox.y2 <= 600
+
+
+def test_large_characters_are_read_at_a_reduced_scale(digits: Classifier) -> None:
+    gray, centres = zeros_page()
+    # The same page at five times the resolution (characters ~300 px tall, 4,500 px long).
+    big = cv2.resize(gray, (900 * 5, 600 * 5), interpolation=cv2.INTER_LINEAR)
+    assert analysis_scale(gray) == 1  # small page: no estimate, full size
+    assert analysis_scale(big) == 4
+    res = read_page(big, classifier=digits)
+    assert res.text == "0000 0000\n0000 0000"
+    assert (res.width, res.height) == (4500, 3000)
+    for c in res.chars:
+        b = c.bbox
+        cx, cy = b.x + b.w / 2, b.y + b.h / 2
+        assert min(np.hypot(cx - 5 * x, cy - 5 * y) for x, y in centres) < 15
+        assert 310 < b.h < 360  # the ~66-px ellipse outline (with its stroke), times five
 
 
 def test_blank_and_black_pages_give_empty_results(digits: Classifier) -> None:
