@@ -73,12 +73,16 @@ UNDERLINE_ZONE_FRACTION = 0.045
 SPECK_FRACTION = 0.004
 #: A character of a free box or underline wider than this many times its height may be two
 #: touching characters; the lattice then also offers split alternatives.
-SPLIT_ASPECT = 0.95
+SPLIT_ASPECT = 1.15
 #: How far from a structural line (pixels, beyond the one-pixel dilation of the line mask)
 #: stroke ink must lie on both sides for the line pixels between to count as a crossing.
 CROSS_REACH = 2
 #: Share of a component's pixels that must lie in a reading zone for it to belong there.
 MIN_INSIDE_SHARE = 0.25
+#: Probability factor for a character cut out of a wider piece of ink. Without it, two
+#: confident halves of one wide 0 (a "6" and a "1") outscore the whole 0, since the product of
+#: two 0.97s beats a single 0.9; a real cut must be clearly better than no cut.
+SPLIT_PENALTY = 0.6
 #: Neighbouring pieces at most this wide together (in character heights) and this far apart
 #: may be one broken character.
 MERGE_WIDTH = 1.1
@@ -658,6 +662,8 @@ class _Candidate:
     edges: list[tuple[int, int, BBox, int]] = field(default_factory=list)
     #: For combs: the cell of each node step; empty cells are skipped.
     cell_of_edge: list[int] = field(default_factory=list)
+    #: (start, end) of edges cut out of a wider piece of ink (penalised by SPLIT_PENALTY).
+    split_spans: set[tuple[int, int]] = field(default_factory=set)
 
 
 def _component_zones(
@@ -710,8 +716,10 @@ def _free_field_lattice(
     stats: npt.NDArray[np.int32],
     comps: list[int],
     crops: list[_CropAt],
+    split_spans: set[tuple[int, int]],
 ) -> tuple[int, list[tuple[int, int, BBox, int]]]:
-    """Lattice of a box or underline field from its components.
+    """Lattice of a box or underline field from its components; the spans of edges cut out
+    of a wider group are added to ``split_spans``.
 
     Components overlapping in x are one character (broken strokes, the dot of a j); a group
     much wider than tall may be touching characters, so its pieces between ink minima are
@@ -767,6 +775,8 @@ def _free_field_lattice(
                 )
                 crops.append((crop, (gb.x, gb.y)))
                 edges.append((node + i, node + j, box, len(crops) - 1))
+                if (i, j) != (0, n_pieces):
+                    split_spans.add((node + i, node + j))
         node += n_pieces
     # Two neighbouring pieces may be one broken character (a 5 whose top came loose): offer
     # the merge when together they are no wider than a character and nearly touch.
@@ -821,7 +831,7 @@ def _prepare(
         cand.n_nodes = node + 1
         return cand
     comps = [c for zid in zone_ids for c in comps_by_zone.get(zid, [])]
-    cand.n_nodes, cand.edges = _free_field_lattice(labels, stats, comps, crops)
+    cand.n_nodes, cand.edges = _free_field_lattice(labels, stats, comps, crops, cand.split_spans)
     return cand
 
 
@@ -1060,7 +1070,10 @@ def _decode_field(
         chars: tuple[Char, ...] = ()
     else:
         labels = probas[cand.edges[0][3]][1]
-        edges = [Edge(s, e, probas[ci][0]) for s, e, _b, ci in cand.edges]
+        edges = [
+            Edge(s, e, probas[ci][0] * (SPLIT_PENALTY if (s, e) in cand.split_spans else 1.0))
+            for s, e, _b, ci in cand.edges
+        ]
         dec = decode_lattice(cand.n_nodes, edges, labels, spec.constraint)
         chars = tuple(
             _make_char(cand.edges[k][2], lab, pk, probas[cand.edges[k][3]], inv, shape)
