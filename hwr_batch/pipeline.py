@@ -107,16 +107,15 @@ def estimate_text_height(gray: npt.NDArray[np.uint8]) -> float:
 
     gray: uint8 (H, W), dark ink on paper. The estimate preprocess makes (background
     flattened, Otsu with a contrast floor under the paper level, ink-weighted median component
-    height) on a copy about ANALYSIS_SIDE pixels long, with the paper level from a histogram,
-    so it costs a few milliseconds.
+    height) on a copy about TEXT_HEIGHT_ESTIMATE_SIDE pixels long, with the paper level from a
+    histogram, so it costs a few milliseconds.
     """
     import cv2
 
     h, w = gray.shape
-    factor = max(1, int(round(max(h, w) / defaults.ANALYSIS_SIDE)))
-    # An exact integer block mean: OpenCV's area resize is several times slower at a
-    # fractional ratio.
-    small = downscale(gray, factor)
+    factor = max(1, int(round(max(h, w) / defaults.TEXT_HEIGHT_ESTIMATE_SIDE)))
+    # Whole blocks only (no padded copy of the page): the estimate needs no exact edge.
+    small = downscale(gray[: h - h % factor, : w - w % factor], factor)
     if float(np.percentile(small, 90)) < defaults.DARK_PAGE_LEVEL:
         return 0.0
     bg = estimate_background(small, max(3, int(defaults.BACKGROUND_KERNEL_PX / factor)))
@@ -148,10 +147,13 @@ def analysis_scale(gray: npt.NDArray[np.uint8]) -> int:
 
 def downscale(gray: npt.NDArray[np.uint8], scale: int) -> npt.NDArray[np.uint8]:
     """Shrink a page by an integer factor, exactly: pixel (y, x) of the result is the mean of
-    the block ``gray[y*s:(y+1)*s, x*s:(x+1)*s]``.
+    the block ``gray[y*s:(y+1)*s, x*s:(x+1)*s]`` (within a grey level or two
+    of rounding).
 
     gray: uint8 (H, W). Returns uint8 (ceil(H/s), ceil(W/s)); the last row and column of
     blocks are padded by repeating the page's edge, so no block straddles two source pixels.
+    A power of two is done as repeated halvings: OpenCV's 2x2 area mean is a fast path, about
+    ten times faster than its general integer-ratio one.
     """
     import cv2
 
@@ -162,6 +164,15 @@ def downscale(gray: npt.NDArray[np.uint8], scale: int) -> npt.NDArray[np.uint8]:
     src = gray
     if ph or pw:
         src = np.asarray(cv2.copyMakeBorder(gray, 0, ph, 0, pw, cv2.BORDER_REPLICATE), np.uint8)
+    if scale & (scale - 1) == 0:
+        # Halvings of a page padded to a multiple of the scale: the same block means.
+        while scale > 1:
+            sh, sw = src.shape
+            src = np.asarray(
+                cv2.resize(src, (sw // 2, sh // 2), interpolation=cv2.INTER_AREA), np.uint8
+            )
+            scale //= 2
+        return src
     size = ((w + pw) // scale, (h + ph) // scale)
     return np.asarray(cv2.resize(src, size, interpolation=cv2.INTER_AREA), np.uint8)
 

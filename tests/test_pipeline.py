@@ -75,13 +75,14 @@ def test_boxes_are_in_original_page_pixels(digits: Classifier) -> None:
 def test_downscale_is_an_exact_block_mean() -> None:
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (37, 50), dtype=np.uint8)
-    for s in (2, 3, 4):
+    for s in (2, 3, 4, 8):
         small = downscale(gray, s)
         h, w = -(-37 // s), -(-50 // s)
         assert small.shape == (h, w) and small.dtype == np.uint8
         padded = np.pad(gray, ((0, h * s - 37), (0, w * s - 50)), mode="edge").astype(float)
         means = padded.reshape(h, s, w, s).mean(axis=(1, 3))
-        assert np.abs(small.astype(float) - means).max() <= 1.0
+        # Powers of two are repeated halvings, each rounded.
+        assert np.abs(small.astype(float) - means).max() <= 1.5
     assert downscale(gray, 1) is gray
 
 
