@@ -192,3 +192,7 @@ SPLIT_MAX_SPAN = 3
 #: Pages larger than this (pixels) get their Sauvola threshold surface computed at half
 #: resolution: a 101-px window at 300 dpi loses nothing at 150 dpi.
 SAUVOLA_HALF_RES_PIXELS = 4_000_000
+#: Pieces of one stroke cut across (a slanted 1 in two, an 0 opened on a diagonal) are at most
+#: this far apart (text heights) in both directions; such a pair is offered to the recognition
+#: merge (see MERGE_BESIDE_BONUS), which keeps it apart unless the union reads better.
+MERGE_NEAR_GAP = 0.1

@@ -417,12 +417,12 @@ def _merge_beside(
     min_h = np.minimum(h[:, None], h[None, :])
     uw = np.maximum(x2[:, None], x2[None, :]) - np.minimum(x[:, None], x[None, :])
     uh = np.maximum(y2[:, None], y2[None, :]) - np.minimum(y[:, None], y[None, :])
-    cand = (
-        (-x_ov <= defaults.MERGE_X_GAP * th)
-        & (y_ov >= defaults.MERGE_Y_OVERLAP * min_h)
-        & (uw <= defaults.MERGE_BESIDE_MAX_W * th)
-        & (uh <= defaults.MERGE_MAX_H * th)
-    )
+    fits = (uw <= defaults.MERGE_BESIDE_MAX_W * th) & (uh <= defaults.MERGE_MAX_H * th)
+    beside = (-x_ov <= defaults.MERGE_X_GAP * th) & (y_ov >= defaults.MERGE_Y_OVERLAP * min_h)
+    # A stroke cut across (a slanted 1 in two, an 0 opened on a diagonal) leaves pieces that
+    # are neither side by side nor squarely stacked, a small gap apart in both directions.
+    near = np.maximum(-x_ov, -y_ov) <= defaults.MERGE_NEAR_GAP * th
+    cand = fits & (beside | near)
     ii, jj = np.nonzero(np.triu(cand, 1))
     if len(ii) == 0:
         return same
