@@ -196,3 +196,9 @@ SAUVOLA_HALF_RES_PIXELS = 4_000_000
 #: this far apart (text heights) in both directions; such a pair is offered to the recognition
 #: merge (see MERGE_BESIDE_BONUS), which keeps it apart unless the union reads better.
 MERGE_NEAR_GAP = 0.1
+#: SPLIT_PENALTY for classifiers of more than SPLIT_MANY_CLASSES classes (letters, alnum): on
+#: 9 generated letter pages 0.1 / 0.2 / 0.3 / 0.6 gave 263 / 247 / 241 / 261 errors of 2,700
+#: (wide m and w split into n+n, v+v at 0.1; touching pairs left whole at 0.6); on 18 digit
+#: pages 0.3 gave 184 errors against 159 at 0.1, so digits keep SPLIT_PENALTY.
+SPLIT_MANY_CLASSES = 10
+SPLIT_PENALTY_MANY = 0.3

@@ -528,6 +528,12 @@ def _split_wide(wide: Sequence[_Wide], th: float, scorer: Scorer | None, seg: Se
             if proba.shape[1] == 0:
                 proba = np.zeros((len(pieces), len(whole)), np.float32)
             proba[k] = whole
+    # Letters models (26 or more classes) read a slice of a wide letter (an m, a w) as another
+    # letter (n, v) more readily than the digit model reads a slice of a digit: each extra
+    # piece must buy more confidence.
+    penalty = defaults.SPLIT_PENALTY
+    if proba is not None and proba.shape[1] > defaults.SPLIT_MANY_CLASSES:
+        penalty = defaults.SPLIT_PENALTY_MANY
     by_group: dict[int, list[int]] = {}
     for k, (gi, _, _, _) in enumerate(pieces):
         by_group.setdefault(gi, []).append(k)
@@ -549,7 +555,7 @@ def _split_wide(wide: Sequence[_Wide], th: float, scorer: Scorer | None, seg: Se
                     c = abs(pw / th - defaults.SPLIT_CHAR_WIDTH)
                 else:
                     c = float(-np.log(np.clip(proba[k].max(), 1e-6, 1.0)))
-                c += defaults.SPLIT_PENALTY if i > 0 else 0.0
+                c += penalty if i > 0 else 0.0
                 # A piece much shorter than its group is a slice of a character, not one.
                 c += defaults.SPLIT_SHORT_COST * max(0.0, defaults.SPLIT_MIN_HEIGHT - ph / g.h)
                 # Handwritten characters are rarely much wider than tall: a wide piece pays for
