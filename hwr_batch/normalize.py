@@ -111,9 +111,9 @@ def normalize(crop: npt.ArrayLike, dark_ink: bool = True) -> npt.NDArray[np.floa
         k = int(round(target - stroke)) | 1  # odd kernel
         if k > 1:
             pad = k
-            padded = np.pad(glyph, pad)
+            padded: npt.NDArray[np.float32] = np.pad(glyph, pad)
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-            padded = cv2.dilate(padded, kernel)
+            padded = np.asarray(cv2.dilate(padded, kernel), np.float32)
             # Dilation grows the box; crop back to the ink so the 20x20 fit stays exact.
             pm = padded > defaults.INK_THRESHOLD
             pys, pxs = np.nonzero(pm)
