@@ -210,11 +210,7 @@ class PageResult:
         if d.get("schema") != PAGE_SCHEMA:
             raise ValueError(f"not a {PAGE_SCHEMA} document: schema={d.get('schema')!r}")
         lines = tuple(
-            Line(
-                tuple(
-                    Word(tuple(Char.from_dict(c) for c in w["chars"])) for w in line["words"]
-                )
-            )
+            Line(tuple(Word(tuple(Char.from_dict(c) for c in w["chars"])) for w in line["words"]))
             for line in d["lines"]
         )
         fields = tuple(

@@ -33,8 +33,9 @@ class LabeledImages:
     def __post_init__(self) -> None:
         n = len(self.images)
         if self.images.dtype != np.uint8 or self.images.shape[1:] != (28, 28):
-            raise ValueError(f"images must be uint8 (N, 28, 28), got {self.images.dtype} "
-                             f"{self.images.shape}")
+            raise ValueError(
+                f"images must be uint8 (N, 28, 28), got {self.images.dtype} {self.images.shape}"
+            )
         if len(self.labels) != n or len(self.groups) != n:
             raise ValueError("images, labels and groups differ in length")
 
