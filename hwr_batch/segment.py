@@ -417,7 +417,17 @@ def _merge_beside(
     min_h = np.minimum(h[:, None], h[None, :])
     uw = np.maximum(x2[:, None], x2[None, :]) - np.minimum(x[:, None], x[None, :])
     uh = np.maximum(y2[:, None], y2[None, :]) - np.minimum(y[:, None], y[None, :])
-    fits = (uw <= defaults.MERGE_BESIDE_MAX_W * th) & (uh <= defaults.MERGE_MAX_H * th)
+    # The union may be as wide as the page's wide characters: letters (an M, a W) run wider
+    # than digits, so the limit follows the median width of the confidently read groups.
+    max_w = defaults.MERGE_BESIDE_MAX_W * th
+    sure = [
+        g.w
+        for g, p in zip(groups, probas, strict=True)
+        if p is not None and float(p.max()) >= defaults.SPLIT_CONFIDENT
+    ]
+    if len(sure) >= defaults.MERGE_BESIDE_MIN_SURE:
+        max_w = max(max_w, defaults.MERGE_BESIDE_WIDTH_FACTOR * float(np.median(sure)))
+    fits = (uw <= max_w) & (uh <= defaults.MERGE_MAX_H * th)
     beside = (-x_ov <= defaults.MERGE_X_GAP * th) & (y_ov >= defaults.MERGE_Y_OVERLAP * min_h)
     # A stroke cut across (a slanted 1 in two, an 0 opened on a diagonal) leaves pieces that
     # are neither side by side nor squarely stacked, a small gap apart in both directions.
