@@ -135,6 +135,30 @@ def test_broken_stroke_merged_by_recognition(digits: Classifier) -> None:
     assert x <= 382 and x + w >= 418
 
 
+def test_slanted_stroke_cut_across_merged_by_recognition(digits: Classifier) -> None:
+    """A slanted 1 cut across leaves two pieces neither side by side nor squarely stacked."""
+
+    def slanted_one(ink: np.ndarray) -> None:
+        cv2.line(ink, (425, 295), (395, 365), 255, PEN, cv2.LINE_AA)
+        ink[327:331, :] = 0  # a pen lift across the stroke
+
+    page = page_with(slanted_one)
+    prep = preprocess(page)
+    n, _ = cv2.connectedComponents(prep.ink[250:400].astype(np.uint8))
+    assert n - 1 == 2  # the stroke really is in two pieces
+    seg = segment(prep, scorer=digits.predict_proba)
+    row = in_row(seg, 250, 400)
+    assert len(row) == 1, row
+    _, y, _, h = row[0]
+    assert y <= 300 and y + h >= 360
+    label, _ = digits.predict(row_images(seg, 250, 400))
+    assert label == ["1"]
+
+
+def row_images(seg: Segmentation, y0: int, y1: int) -> np.ndarray:
+    return np.stack([c.image for c in seg.chars if y0 <= c.bbox[1] + c.bbox[3] / 2 < y1])
+
+
 def test_without_scorer_wide_groups_are_cut_by_width() -> None:
     def chain(ink: np.ndarray) -> None:
         for k in range(3):
