@@ -59,13 +59,13 @@ ANALYSIS_SIDE = 900
 #: 405 with the dilation at 2x2 too) at 29% less CPU a page and ~75 MB less peak RSS; until
 #: preprocess takes the factor, 48 keeps 300 dpi pages at full size and reads 600 dpi pages
 #: (120-160 px characters) at 1/2, in the range those constants were chosen for.
-ANALYSIS_MIN_TEXT_PX = 48
+ANALYSIS_MIN_TEXT_PX = 30
 #: Largest analysis factor (a 1,200 dpi page is read at 1/4, like a 300 dpi page).
 ANALYSIS_MAX_SCALE = 4
 #: Pages whose long side is under this (pixels) are read at full size without estimating the
 #: text height (about 14 ms a page): at 300 dpi an A4 page (3,508 px) could not reach factor 2
 #: unless its characters were over 96 px (a third of an inch) tall.
-ANALYSIS_ESTIMATE_MIN_SIDE = 4_000
+ANALYSIS_ESTIMATE_MIN_SIDE = 1_500
 #: The text height that picks the analysis scale is estimated on a copy about this long: 450 px
 #: keeps a 300 dpi character 7-10 px tall (components of 3 px and up count), and costs ~3 ms
 #: against ~13 ms at ANALYSIS_SIDE; within a few pixels of preprocess's estimate.

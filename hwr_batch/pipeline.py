@@ -244,7 +244,7 @@ def analyse_page(
     timings["scale"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    prep = preprocess(work)
+    prep = preprocess(work, px_scale=scale)
     del work
     timings["preprocess"] = time.perf_counter() - t
     for k, v in prep.timings.items():

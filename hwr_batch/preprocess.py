@@ -273,7 +273,9 @@ def _line_bands(
     return bands
 
 
-def remove_lines(ink: BoolArr, text_h: float, factor: int = 1) -> tuple[BoolArr, BoolArr]:
+def remove_lines(
+    ink: BoolArr, text_h: float, factor: int = 1, px_scale: int = 1
+) -> tuple[BoolArr, BoolArr]:
     """Remove ruled lines and box borders, keep strokes that cross them.
 
     ink: bool (H, W). A line is a horizontal (vertical) run of ink at least
@@ -289,15 +291,18 @@ def remove_lines(ink: BoolArr, text_h: float, factor: int = 1) -> tuple[BoolArr,
     removed = np.zeros_like(ink)
     if text_h <= 0 or not ink.any():
         return ink, removed
-    length = max(defaults.LINE_MIN_LENGTH_PX, int(defaults.LINE_MIN_LENGTH_TEXT_HEIGHTS * text_h))
+    length = max(
+        defaults.LINE_MIN_LENGTH_PX // px_scale, int(defaults.LINE_MIN_LENGTH_TEXT_HEIGHTS * text_h)
+    )
+    rim_px = max(2, int(round(_RIM / px_scale)))
     bridge = max(3, int(round(defaults.LINE_BRIDGE_TEXT_HEIGHTS * text_h)) | 1)
     h, w = ink.shape
     small = _block_ink(ink, factor)
     for horizontal in (True, False):
         run_kernel = np.ones((1, length) if horizontal else (length, 1), np.uint8)
-        rim_kernel = np.ones((_RIM, 1) if horizontal else (1, _RIM), np.uint8)
+        rim_kernel = np.ones((rim_px, 1) if horizontal else (1, rim_px), np.uint8)
         # The gap to bridge is the line plus its rim on both sides.
-        across = bridge + _RIM
+        across = bridge + rim_px
         bridge_kernel = np.ones((across, 1) if horizontal else (1, across), np.uint8)
         gap_kernel = np.ones((3, bridge) if horizontal else (bridge, 3), np.uint8)
         for rows, cols in _line_bands(small, (h, w), length, factor, horizontal):
@@ -322,7 +327,9 @@ def remove_lines(ink: BoolArr, text_h: float, factor: int = 1) -> tuple[BoolArr,
     return ink & ~removed, removed
 
 
-def binarize(flat: U8, small_flat: U8, factor: int) -> tuple[BoolArr, str, float]:
+def binarize(
+    flat: U8, small_flat: U8, factor: int, px_scale: int = 1
+) -> tuple[BoolArr, str, float]:
     """Ink mask of a flattened page; Otsu, or Sauvola when the page's tiles disagree.
 
     flat: uint8 (H, W) full resolution; small_flat: the same, downscaled by ``factor``.
@@ -338,7 +345,7 @@ def binarize(flat: U8, small_flat: U8, factor: int) -> tuple[BoolArr, str, float
     h, w = flat.shape
     half = h * w > defaults.SAUVOLA_HALF_RES_PIXELS
     src = cv2.resize(flat, (w // 2, h // 2), interpolation=cv2.INTER_AREA) if half else flat
-    window = max(15, (int(defaults.SAUVOLA_WINDOW_PX / (2 if half else 1)) // 2) * 2 + 1)
+    window = max(15, (int(defaults.SAUVOLA_WINDOW_PX / px_scale / (2 if half else 1)) // 2) * 2 + 1)
     local = sauvola_threshold(np.asarray(src, np.uint8), window, defaults.SAUVOLA_K)
     if half:
         local = np.asarray(cv2.resize(local, (w, h), interpolation=cv2.INTER_LINEAR), np.float32)
@@ -378,7 +385,9 @@ def _tile_thresholds(small_flat: U8, global_t: float) -> npt.NDArray[np.float64]
     return np.asarray(out, np.float64)
 
 
-def preprocess(gray: U8, max_skew: float = defaults.MAX_SKEW_DEG) -> Preprocessed:
+def preprocess(
+    gray: U8, max_skew: float = defaults.MAX_SKEW_DEG, px_scale: int = 1
+) -> Preprocessed:
     """Deskew, flatten, binarise and remove lines from a gray page.
 
     gray: uint8 (H, W), dark ink on light paper. Returns a :class:`Preprocessed`.
@@ -416,7 +425,7 @@ def preprocess(gray: U8, max_skew: float = defaults.MAX_SKEW_DEG) -> Preprocesse
             {"preprocess": time.perf_counter() - t0},
         )
 
-    bg_kernel = max(3, int(defaults.BACKGROUND_KERNEL_PX / factor))
+    bg_kernel = max(3, int(defaults.BACKGROUND_KERNEL_PX / px_scale / factor))
     bg_small = estimate_background(small, bg_kernel)
     small_flat = flatten(small, bg_small)
     t_small = ink_threshold(small_flat)
@@ -443,12 +452,12 @@ def preprocess(gray: U8, max_skew: float = defaults.MAX_SKEW_DEG) -> Preprocesse
     timings["flatten_rotate"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
-    ink, method, _ = binarize(flat, small_flat_r, factor)
+    ink, method, _ = binarize(flat, small_flat_r, factor, px_scale)
     th = text_height(ink_small, factor)
     timings["binarize"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
-    ink, removed = remove_lines(ink, th, factor)
+    ink, removed = remove_lines(ink, th, factor, px_scale)
     timings["remove_lines"] = time.perf_counter() - t1
     timings["preprocess"] = time.perf_counter() - t0
     return Preprocessed(
