@@ -178,7 +178,8 @@ def test_cache_is_reused_and_exports(fake_root, tmp_path, no_fonts, monkeypatch)
     cache = tmp_path / "cache"
     monkeypatch.setenv("HWR_DATASETS", str(fake_root))
     first = sources.load_split("letters", "train", cache_dir=cache)
-    assert (cache / f"chars74k-v{sources.CACHE_VERSION}.npz").is_file()
+    assert sources._cache_path(cache, "chars74k").is_file()
+    assert not list(cache.glob("*.tmp.npz"))  # no temporary file left behind
     # Built once: with the data folder gone, the cache still answers.
     monkeypatch.setenv("HWR_DATASETS", str(tmp_path / "gone"))
     again = sources.load_split("letters", "train", cache_dir=cache)

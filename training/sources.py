@@ -213,8 +213,21 @@ MODEL_SOURCES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _normaliser_fingerprint() -> str:
+    """Short hash of the normaliser's source: a changed normaliser invalidates every cache
+    without anyone having to remember to bump CACHE_VERSION (cached images are its output)."""
+    import hashlib
+    import importlib
+
+    # importlib, not `import hwr_batch.normalize`: the package re-exports the function under
+    # the module's name.
+    module = importlib.import_module("hwr_batch.normalize")
+    source = Path(str(module.__file__)).read_bytes()
+    return hashlib.sha256(source).hexdigest()[:8]
+
+
 def _cache_path(cache_dir: Path, name: str) -> Path:
-    return cache_dir / f"{name}-v{CACHE_VERSION}.npz"
+    return cache_dir / f"{name}-v{CACHE_VERSION}-{_normaliser_fingerprint()}.npz"
 
 
 def load_source(
@@ -239,7 +252,9 @@ def load_source(
     part = _drop_blank(SOURCES[name](base), name)
     log.info("built %s: %d images in %.1f s", name, len(part.data), time.perf_counter() - start)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    # One temporary name per process: parallel builders (benchmark page generators) must not
+    # rename each other's half-written file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
     np.savez_compressed(
         tmp,
         images=part.data.images,
