@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     n_auto = n_tpl = n_filled = 0
     n_empty = n_empty_auto = n_empty_tpl = 0
     n_review_wrong = n_wrong = 0
+    n_flagged = n_flagged_wrong = 0
     reg_err: list[float] = []
     n_reg_fail = 0
     seconds: list[float] = []
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                 n_filled += 1
                 n_auto += got_auto == truth.value
                 n_tpl += got_tpl == truth.value
+                if truth.name in by_name and by_name[truth.name].needs_review:
+                    n_flagged += 1
+                    n_flagged_wrong += got_tpl != truth.value
                 if got_tpl != truth.value:
                     n_wrong += 1
                     n_review_wrong += bool(by_name[truth.name].needs_review)
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         "empty_right_auto": n_empty_auto / max(1, n_empty),
         "empty_right_template": n_empty_tpl / max(1, n_empty),
         "template_errors_flagged_for_review": n_review_wrong / max(1, n_wrong) if n_wrong else None,
+        "template_flag_precision": n_flagged_wrong / n_flagged if n_flagged else None,
+        "template_fields_flagged": n_flagged / max(1, n_filled),
         "registration_failures": n_reg_fail,
         "registration_error_mean_of_width": float(np.mean(reg_err)) / args.width
         if reg_err

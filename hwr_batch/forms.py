@@ -100,6 +100,9 @@ TANGENT_GAP_WIDTHS = 5
 #: Fields whose value's probability is under this go to review. A 5-digit field whose digits
 #: are each 0.95 sure has probability 0.77; one doubtful digit at 0.6 brings it under 0.5.
 FIELD_MIN_CONFIDENCE = 0.5
+#: A field also goes to review when any one of its characters is under this: a field of sure
+#: digits can hide a single doubtful one that the product alone lets through.
+CHAR_MIN_CONFIDENCE = 0.9
 
 
 @dataclass(frozen=True)
@@ -1080,7 +1083,8 @@ def _decode_field(
             for k, lab, pk in zip(dec.edges, dec.value, dec.char_probs, strict=True)
         )
     confidence = float(min(1.0, max(0.0, dec.confidence)))
-    review = (not dec.fits) or confidence < FIELD_MIN_CONFIDENCE
+    least = min((float(p) for p in dec.char_probs), default=1.0)
+    review = (not dec.fits) or confidence < FIELD_MIN_CONFIDENCE or least < CHAR_MIN_CONFIDENCE
     return Field(
         spec.name,
         spec.geometry.kind,
