@@ -97,8 +97,8 @@ def test_benchmark_runs_on_two_tiny_pages(tmp_path: Path) -> None:
     # The reader reads something: an empty or garbled reading would score near 1.
     assert 0.0 <= ours["cer"] < 0.5
     assert ours["pages_per_s"] > 0 and ours["chars_per_s"] > 0
-    # Two workers were seen, each with the model loaded (tens of MB at least; ~48 MB on these
-    # 800x560 pages since small pages are read at full size and the interpreter is most of it).
+    # Two workers were seen, each with the model loaded (tens of MB at least: ~48 MB measured on
+    # these 800x560 pages).
     peaks = doc["memory"]["digits"]["peak_mb_per_worker"]
     assert len(peaks) == 2 and all(20 < p < 4000 for p in peaks)
     stages = doc["stage_seconds"]["digits"]
