@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -33,38 +32,14 @@ import numpy as np
 
 from hwr_batch.classify import load_classifier
 from hwr_batch.forms import read_fields
-from hwr_batch.records import BBox
-from hwr_batch.template import Template, propose_template
-from training.formgen import Layout, load_mnist_test, make_layout, render_form
-
-
-def _iou(a: BBox, b: BBox) -> float:
-    ix = max(0, min(a.x2, b.x2) - max(a.x, b.x))
-    iy = max(0, min(a.y2, b.y2) - max(a.y, b.y))
-    inter = ix * iy
-    union = a.w * a.h + b.w * b.h - inter
-    return inter / union if union else 0.0
-
-
-def template_for(layout: Layout, digits, rng: np.random.Generator) -> Template:  # type: ignore[no-untyped-def]
-    """``template init`` on the blank layout, fields renamed to the layout's and given length 5."""
-    blank = render_form(
-        layout, digits, rng, empty_prob=1.0, max_angle=0, max_shift=0, max_scale=0, noise=2.0
-    )
-    tpl = propose_template(blank.gray, name="bench")
-    fields = []
-    for tf in tpl.fields:
-        b = BBox(
-            int(tf.box[0] * layout.width),
-            int(tf.box[1] * layout.height),
-            int(tf.box[2] * layout.width),
-            int(tf.box[3] * layout.height),
-        )
-        best = max(layout.fields, key=lambda lf: _iou(b, lf.box))
-        if _iou(b, best.box) < 0.3:
-            continue
-        fields.append(replace(tf, name=best.name, length=best.length, pattern=None))
-    return replace(tpl, fields=tuple(fields))
+from hwr_batch.template import Template
+from training.formgen import (
+    box_iou,
+    load_mnist_test,
+    make_layout,
+    render_form,
+    template_for_layout,
+)
 
 
 def registration_error(tpl: Template, result, form, shape: tuple[int, int]) -> float:  # type: ignore[no-untyped-def]
@@ -118,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     kind_errors: dict[str, int] = {}
     for _li in range(args.layouts):
         layout = make_layout(rng, args.width, height, n_fields=args.fields)
-        tpl = template_for(layout, digits, rng)
+        tpl = template_for_layout(layout, digits, rng, name="bench", min_iou=0.3)
         for _fi in range(args.forms):
             form = render_form(layout, digits, rng, touch_prob=args.touch, cross_prob=args.cross)
             t0 = time.perf_counter()
@@ -131,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 reg_err.append(registration_error(tpl, with_tpl, form, form.gray.shape))
             for truth in form.fields:
-                match = max(auto.fields, key=lambda f: _iou(f.bbox, truth.bbox), default=None)
-                if match is not None and _iou(match.bbox, truth.bbox) < 0.5:
+                match = max(auto.fields, key=lambda f: box_iou(f.bbox, truth.bbox), default=None)
+                if match is not None and box_iou(match.bbox, truth.bbox) < 0.5:
                     match = None
                 got_auto = match.value if match is not None else None
                 got_tpl = by_name[truth.name].value if truth.name in by_name else None

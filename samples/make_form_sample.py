@@ -27,18 +27,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hwr_batch.records import BBox  # noqa: E402
-from hwr_batch.template import propose_template, save_template  # noqa: E402
-from training.formgen import load_mnist_test, make_layout, render_form  # noqa: E402
+from hwr_batch.template import save_template  # noqa: E402
+from training.formgen import (  # noqa: E402
+    load_mnist_test,
+    make_layout,
+    render_form,
+    template_for_layout,
+)
 
 NAMES = ("postcode", "customer_no", "account", "amount", "reference", "branch")
-
-
-def _iou(a: BBox, b: BBox) -> float:
-    ix = max(0, min(a.x2, b.x2) - max(a.x, b.x))
-    iy = max(0, min(a.y2, b.y2) - max(a.y, b.y))
-    inter = ix * iy
-    return inter / (a.w * a.h + b.w * b.h - inter)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,21 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             for f, n in zip(layout.fields, NAMES, strict=False)
         ),
     )
-    blank = render_form(
-        layout, digits, rng, empty_prob=1.0, max_angle=0, max_shift=0, max_scale=0, noise=2.0
-    )
-    proposed = propose_template(blank.gray, name="sample form")
-    fields = []
-    for tf in proposed.fields:
-        box = BBox(
-            int(tf.box[0] * layout.width),
-            int(tf.box[1] * layout.height),
-            int(tf.box[2] * layout.width),
-            int(tf.box[3] * layout.height),
-        )
-        lf = max(layout.fields, key=lambda f, b=box: _iou(b, f.box))
-        fields.append(replace(tf, name=lf.name, length=lf.length, pattern=None))
-    template = replace(proposed, fields=tuple(fields))
+    template = template_for_layout(layout, digits, rng, name="sample form")
 
     form = render_form(layout, digits, rng, empty_prob=0.15, noise=2.0)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ transform, so a template's registration can be scored.
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hwr_batch.records import BBox
+from hwr_batch.template import Template, propose_template
 
 PROMPTS = (
     "Postcode",
@@ -302,3 +303,41 @@ def map_points(
 ) -> npt.NDArray[np.float64]:
     """(N, 2) points through a 2x3 affine."""
     return np.asarray(points, np.float64) @ m[:, :2].T + m[:, 2]
+
+
+def box_iou(a: BBox, b: BBox) -> float:
+    """Intersection over union of two boxes (0 when both are empty)."""
+    ix = max(0, min(a.x2, b.x2) - max(a.x, b.x))
+    iy = max(0, min(a.y2, b.y2) - max(a.y, b.y))
+    inter = ix * iy
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union else 0.0
+
+
+def template_for_layout(
+    layout: Layout,
+    digits: tuple[npt.NDArray[np.uint8], npt.NDArray[np.str_]],
+    rng: np.random.Generator,
+    name: str,
+    min_iou: float = 0.0,
+) -> Template:
+    """``template init`` on the layout's blank form, each proposed field renamed after the layout
+    field it overlaps most and given that field's length (fields overlapping none by at least
+    ``min_iou`` are dropped): the template a person would make by editing the proposal."""
+    blank = render_form(
+        layout, digits, rng, empty_prob=1.0, max_angle=0, max_shift=0, max_scale=0, noise=2.0
+    )
+    proposed = propose_template(blank.gray, name=name)
+    fields = []
+    for tf in proposed.fields:
+        box = BBox(
+            int(tf.box[0] * layout.width),
+            int(tf.box[1] * layout.height),
+            int(tf.box[2] * layout.width),
+            int(tf.box[3] * layout.height),
+        )
+        best = max(layout.fields, key=lambda lf: box_iou(box, lf.box))
+        if box_iou(box, best.box) < min_iou:
+            continue
+        fields.append(replace(tf, name=best.name, length=best.length, pattern=None))
+    return replace(proposed, fields=tuple(fields))
