@@ -534,28 +534,10 @@ def markdown_report(
 
 
 def glyphs_for(kind: str, seed: int) -> Any:
-    """Character images of the *test* splits for a page kind (a ``LabeledImages``).
+    """Character images of the *test* splits for a page kind (``pagegen.test_glyphs``)."""
+    from training import pagegen
 
-    digits: MNIST t10k. letters: the held-out letter split of :mod:`training.sources`
-    (Kaggle A-Z uniform sample, held-out Chars74K writers, realcrops blocks b8-b9, the second
-    canvas session). mixed: those letters plus as many MNIST t10k digits, so about half the
-    characters of a mixed page are letters.
-    """
-    import numpy as np
-
-    from training import pagegen, sources
-    from training.data import LabeledImages
-
-    root = os.environ.get("HWR_DATASETS")
-    digits = pagegen.mnist_test(Path(root) / "mnist" if root else None)
-    if kind == "digits":
-        return digits
-    letters = sources.load_split("letters", "test")
-    if kind == "letters":
-        return letters
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(digits), size=min(len(letters), len(digits)), replace=False)
-    return LabeledImages.concat([letters, digits.subset(np.sort(pick))])
+    return pagegen.test_glyphs(kind, seed)
 
 
 #: Page looks, drawn in turn: the "scan" style (rotation up to 4 degrees, touching and broken

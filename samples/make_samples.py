@@ -137,22 +137,6 @@ SAMPLES: tuple[Sample, ...] = (
 CHARSET_OF_KIND = {"digits": "digits", "letters": "letters", "mixed": "alnum"}
 
 
-def held_out_glyphs(kind: str, seed: int = 0) -> LabeledImages:
-    """Character images of the test splits: MNIST t10k digits, held-out letters, or both
-    (as many digits as letters, drawn with ``seed``) for mixed pages."""
-    from training import sources
-
-    digits = pagegen.mnist_test()
-    if kind == "digits":
-        return digits
-    letters = sources.load_split("letters", "test")
-    if kind == "letters":
-        return letters
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(digits), size=min(len(letters), len(digits)), replace=False))
-    return LabeledImages.concat([letters, digits.subset(pick)])
-
-
 def draw(sample: Sample, glyphs: LabeledImages) -> list[tuple[npt.NDArray[np.uint8], Any]]:
     """The pages of a sample: [(gray uint8 (H, W), PageTruth)]."""
     st = pagegen.style(sample.style, size=sample.size, n_chars=sample.n_chars, **sample.changes)
@@ -215,7 +199,7 @@ def make_samples(out: Path, samples: tuple[Sample, ...] = SAMPLES) -> dict[str, 
     files: dict[str, Any] = {}
     for sample in samples:
         if sample.kind not in glyph_cache:
-            glyph_cache[sample.kind] = held_out_glyphs(sample.kind)
+            glyph_cache[sample.kind] = pagegen.test_glyphs(sample.kind)
         pages = draw(sample, glyph_cache[sample.kind])
         target = out / sample.path
         target.parent.mkdir(parents=True, exist_ok=True)

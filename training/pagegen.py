@@ -28,7 +28,6 @@ from training.data import LabeledImages
 #: A4 at 300 dpi.
 A4_300DPI = (2480, 3508)
 #: Default location of the shared data sets, relative to the project root.
-DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 
 
 class TruthChar(NamedTuple):
@@ -396,11 +395,38 @@ def read_idx(path: str | Path) -> npt.NDArray[np.uint8]:
 
 
 def mnist_test(root: str | Path | None = None) -> LabeledImages:
-    """MNIST t10k (the test split) as LabeledImages; raises FileNotFoundError if absent."""
-    base = Path(root) if root is not None else DATASETS / "mnist"
+    """MNIST t10k (the test split) as LabeledImages; raises FileNotFoundError if absent.
+
+    root: the MNIST folder; default ``mnist/`` of the shared data folder ($HWR_DATASETS or
+    ../shared/datasets).
+    """
+    from training.sources import data_root
+
+    base = Path(root) if root is not None else data_root() / "mnist"
     images = read_idx(base / "t10k-images-idx3-ubyte.gz")
     labels = read_idx(base / "t10k-labels-idx1-ubyte.gz").astype(str)
     return LabeledImages(images.copy(), labels, np.full(len(labels), "mnist/test"))
+
+
+def test_glyphs(kind: str, seed: int = 0) -> LabeledImages:
+    """Character images of the *test* splits for a page kind: never data a model trained on.
+
+    digits: MNIST t10k. letters: the held-out letter split of :mod:`training.sources`
+    (Kaggle A-Z uniform sample, held-out Chars74K writers, realcrops blocks b8-b9, the second
+    canvas session). mixed: those letters plus as many MNIST t10k digits (drawn with ``seed``),
+    so about half the characters of a mixed page are letters.
+    """
+    from training import sources
+
+    digits = mnist_test()
+    if kind == "digits":
+        return digits
+    letters = sources.load_split("letters", "test")
+    if kind == "letters":
+        return letters
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(digits), size=min(len(letters), len(digits)), replace=False))
+    return LabeledImages.concat([letters, digits.subset(pick)])
 
 
 # --------------------------------------------------------------------------- scoring

@@ -216,7 +216,6 @@ MODEL_SOURCES: dict[str, tuple[str, ...]] = {
 def _normaliser_fingerprint() -> str:
     """Short hash of the normaliser's source: a changed normaliser invalidates every cache
     without anyone having to remember to bump CACHE_VERSION (cached images are its output)."""
-    import hashlib
     import importlib
 
     # importlib, not `import hwr_batch.normalize`: the package re-exports the function under
