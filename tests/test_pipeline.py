@@ -11,19 +11,11 @@ import pytest
 from PIL import Image
 
 import hwr_batch
-from hwr_batch.classify import Classifier, load_classifier
-from hwr_batch.errors import BadArguments, ModelError, UnreadableInput
+from hwr_batch.classify import Classifier
+from hwr_batch.errors import BadArguments, UnreadableInput
 from hwr_batch.pipeline import analyse_page, analysis_scale, downscale, read_file, read_page
 from hwr_batch.records import PageResult
 from training.pagegen import cer, edit_distance, generate_page, mnist_test, style
-
-
-@pytest.fixture(scope="module")
-def digits() -> Classifier:
-    try:
-        return load_classifier("digits")
-    except ModelError as exc:
-        pytest.skip(f"no digits model in hwr_batch/models ({exc})")
 
 
 def zeros_page(n: int = 8, rows: int = 2, angle: float = 0.0) -> tuple[np.ndarray, list]:

@@ -6,21 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from hwr_batch.classify import Classifier, load_classifier
-from hwr_batch.errors import ModelError
+from hwr_batch.classify import Classifier
 from hwr_batch.normalize import normalize
 from hwr_batch.preprocess import preprocess
 from hwr_batch.segment import Segmentation, merge_fragments, segment
 
 PEN = 6
-
-
-@pytest.fixture(scope="module")
-def digits() -> Classifier:
-    try:
-        return load_classifier("digits")
-    except ModelError as exc:
-        pytest.skip(f"no digits model in hwr_batch/models ({exc})")
 
 
 def ring(canvas: np.ndarray, cx: int, cy: int, rx: int = 20, ry: int = 30) -> None:
