@@ -26,6 +26,7 @@ from hwr_batch.preprocess import (
     Preprocessed,
     estimate_background,
     flatten,
+    percentile_u8,
     preprocess,
     text_height,
 )
@@ -116,7 +117,7 @@ def estimate_text_height(gray: npt.NDArray[np.uint8]) -> float:
     factor = max(1, int(round(max(h, w) / defaults.TEXT_HEIGHT_ESTIMATE_SIDE)))
     # Whole blocks only (no padded copy of the page): the estimate needs no exact edge.
     small = downscale(gray[: h - h % factor, : w - w % factor], factor)
-    if float(np.percentile(small, 90)) < defaults.DARK_PAGE_LEVEL:
+    if percentile_u8(small, 90) < defaults.DARK_PAGE_LEVEL:
         return 0.0
     bg = estimate_background(small, max(3, int(defaults.BACKGROUND_KERNEL_PX / factor)))
     flat = flatten(small, bg)

@@ -6,8 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
+from hwr_batch import defaults
 from hwr_batch.preprocess import (
     binarize,
+    ink_threshold,
+    median_u8,
+    percentile_u8,
     preprocess,
     remove_lines,
     rotate,
@@ -201,3 +205,45 @@ def test_sauvola_path_on_a_large_page() -> None:
     assert method == "sauvola"
     assert (mask & ink).sum() / ink.sum() > 0.8
     assert (mask & ~ink).sum() < 0.002 * ink.size
+
+
+def _samples(seed: int) -> list[np.ndarray]:
+    """uint8 arrays of odd and even sizes: uniform, few levels, paper-like, nearly constant."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(400):
+        n = int(rng.integers(1, 3000))
+        if i % 4 == 0:
+            a = rng.integers(0, 256, n)
+        elif i % 4 == 1:
+            a = rng.integers(0, 4, n) * 60
+        elif i % 4 == 2:
+            a = np.clip(rng.normal(200, 30, n), 0, 255)
+        else:
+            a = np.full(n, rng.integers(0, 256))
+            a[: n // 3] = rng.integers(0, 256)
+        out.append(a.astype(np.uint8))
+    return out
+
+
+def test_histogram_median_and_percentile_equal_numpy() -> None:
+    for a in _samples(1):
+        assert median_u8(a) == float(np.median(a))
+        for q in (10, 50, 90, 99):
+            assert percentile_u8(a, q) == float(np.percentile(a, q))
+    page = np.asarray(
+        cv2.GaussianBlur(RNG.integers(0, 256, (300, 201)).astype(np.uint8), (5, 5), 0)
+    )
+    assert median_u8(page) == float(np.median(page))
+    assert percentile_u8(page, 90) == float(np.percentile(page, 90))
+
+
+def test_ink_threshold_equals_the_sorting_definition() -> None:
+    def by_sorting(flat: np.ndarray) -> float:
+        paper = float(np.median(flat))
+        mad = float(np.median(np.abs(flat.astype(np.float32) - paper)))
+        t, _ = cv2.threshold(flat.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        return min(float(t), paper - max(defaults.MIN_INK_CONTRAST, 4.0 * 1.4826 * mad))
+
+    for a in _samples(2):
+        assert ink_threshold(a) == by_sorting(a)
