@@ -5,6 +5,8 @@ Training and reading both call :func:`normalize`, so a crop gives the same tenso
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +41,42 @@ def _to_float_gray(crop: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return np.clip(np.nan_to_num(a.astype(np.float32)), 0.0, 1.0)
 
 
+def _stretch_levels(hist: npt.NDArray[np.intp], q: npt.NDArray[np.uint8]) -> tuple[float, float]:
+    """Background and ink levels (0..1) of a crop from the 256-bin histogram of its ink.
+
+    q: the ink quantised to uint8 (H, W) and ``hist`` its histogram. Returns (bg, fg), or
+    (nan, nan) when the crop is all ink or all paper (no bimodality: leave it as it is).
+    """
+    cum = np.cumsum(hist)
+    n = int(cum[-1])
+    if int(hist.max()) == n:  # one grey level
+        return np.nan, np.nan
+    t, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    t = int(t)
+    n_below = int(cum[t])
+    n_above = n - n_below
+    if n_below == 0 or n_above == 0:
+        return np.nan, np.nan
+    # Median of the paper side (levels 0..t) and 90th percentile of the ink side (above t):
+    # the first level whose running count reaches the rank. Counts are integers, so "reaches
+    # x" is "reaches ceil(x)", and both ranks are looked up in the crop's running count at once.
+    ranks = [math.ceil((n_below + 1) / 2), n_below + math.ceil(0.9 * n_above)]
+    bg_level, fg_level = np.searchsorted(cum, ranks)
+    bg = float(bg_level) / 255.0
+    fg = float(fg_level) / 255.0
+    return bg, fg
+
+
+def _apply_stretch(ink: npt.NDArray[np.float32], bg: float, fg: float) -> npt.NDArray[np.float32]:
+    """Map ``bg`` to 0 and ``fg`` to 1 (float32 arithmetic, clipped to [0, 1])."""
+    if np.isnan(bg):
+        return ink
+    if fg - bg < 0.1:
+        # Low contrast: noise, not a character. Keep it faint so it stays "empty".
+        return np.clip(ink - bg, 0.0, 1.0)
+    return np.clip((ink - bg) / (fg - bg), 0.0, 1.0).astype(np.float32)
+
+
 def _stretch(ink: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Map the background level to 0 and the ink level to 1.
 
@@ -49,23 +87,26 @@ def _stretch(ink: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     normaliser on reader-sized crops.
     """
     q = np.round(ink * 255.0).astype(np.uint8)
+    bg, fg = _stretch_levels(np.bincount(q.ravel(), minlength=256), q)
+    return _apply_stretch(ink, bg, fg)
+
+
+_LEVELS = np.arange(256, dtype=np.uint8)[None, :]
+#: For a uint8 crop every step up to the stretch is a function of the grey level alone, so it is
+#: computed once for the 256 levels with the very operations of the general path, and a crop
+#: is a table look-up (the same float32 values, bit for bit): ink of each level, dark ink first
+#: (1 - v / 255), then light ink (v / 255).
+_INK_OF_LEVEL = {True: 1.0 - _to_float_gray(_LEVELS), False: _to_float_gray(_LEVELS)}
+#: ... and that ink quantised as :func:`_stretch` quantises it.
+_Q_OF_LEVEL = {k: np.round(v * 255.0).astype(np.uint8) for k, v in _INK_OF_LEVEL.items()}
+
+
+def _ink_u8(crop: npt.NDArray[np.uint8], dark_ink: bool) -> npt.NDArray[np.float32]:
+    """``_stretch`` of the ink of a uint8 gray crop (H, W), by table look-up; same values."""
+    q = _Q_OF_LEVEL[dark_ink][0, crop]
     hist = np.bincount(q.ravel(), minlength=256)
-    levels = np.flatnonzero(hist)
-    if levels[-1] - levels[0] < 1:
-        return ink
-    t, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    t = int(t)
-    below, above = hist[: t + 1], hist[t + 1 :]
-    n_below, n_above = int(below.sum()), int(above.sum())
-    if n_below == 0 or n_above == 0:
-        return ink
-    # Median of the paper side and 90th percentile of the ink side, as histogram quantiles.
-    bg = float(np.searchsorted(np.cumsum(below), (n_below + 1) / 2)) / 255.0
-    fg = float(t + 1 + np.searchsorted(np.cumsum(above), 0.9 * n_above)) / 255.0
-    if fg - bg < 0.1:
-        # Low contrast: noise, not a character. Keep it faint so it stays "empty".
-        return np.clip(ink - bg, 0.0, 1.0)
-    return np.clip((ink - bg) / (fg - bg), 0.0, 1.0).astype(np.float32)
+    bg, fg = _stretch_levels(hist, q)
+    return _apply_stretch(_INK_OF_LEVEL[dark_ink], bg, fg)[0, crop]
 
 
 def _stroke_width(mask: npt.NDArray[np.uint8]) -> float:
@@ -89,17 +130,21 @@ def normalize(crop: npt.ArrayLike, dark_ink: bool = True) -> npt.NDArray[np.floa
     with its centre of mass at the centre. Strokes thinner than ``MIN_STROKE_PX`` at model scale
     are thickened first. A crop with no ink gives all zeros.
     """
-    gray = _to_float_gray(crop)
-    ink = 1.0 - gray if dark_ink else gray
-    ink = _stretch(ink)
+    a = np.asarray(crop)
+    if a.ndim == 2 and a.dtype == np.uint8:
+        ink = _ink_u8(a, dark_ink)
+    else:
+        gray = _to_float_gray(a)
+        ink = _stretch(1.0 - gray if dark_ink else gray)
     size = defaults.MODEL_SIZE
     out = np.zeros((size, size), np.float32)
 
-    mask = (ink > defaults.INK_THRESHOLD).astype(np.uint8)
-    if not mask.any():
+    mask = (ink > defaults.INK_THRESHOLD).view(np.uint8)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
         return out
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    cols = np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     glyph = ink[y0:y1, x0:x1]
     h, w = glyph.shape
     scale = defaults.GLYPH_BOX / max(h, w)

@@ -117,3 +117,39 @@ def test_training_and_reading_paths_give_the_same_tensor() -> None:
     reading = model_input(crop)  # what the page reader feeds the classifier
     training = normalize_to_u8(crop, dark_ink=True)  # what training stores (uint8)
     np.testing.assert_allclose(reading, training.astype(np.float32) / 255.0, atol=0.5 / 255)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays(
+        np.uint8,
+        st.tuples(st.integers(1, 60), st.integers(1, 60)),
+        elements=st.sampled_from([0, 1, 40, 90, 127, 128, 180, 200, 254, 255]),
+    ),
+    st.booleans(),
+)
+def test_uint8_lookup_path_equals_the_float_path_bit_for_bit(
+    crop: np.ndarray, dark_ink: bool
+) -> None:
+    """uint8 crops go through per-level tables; the same crop as float32 v / 255 takes the
+    general path. The outputs must be the same floats, not just close."""
+    fast = normalize(crop, dark_ink=dark_ink)
+    general = normalize(crop.astype(np.float32) / np.float32(255.0), dark_ink=dark_ink)
+    assert fast.dtype == general.dtype == np.float32
+    assert np.array_equal(fast.view(np.uint32), general.view(np.uint32))
+
+
+def test_uint8_lookup_path_on_drawn_glyphs() -> None:
+    rng = np.random.default_rng(3)
+    for i in range(60):
+        crop = np.full((int(rng.integers(12, 48)), int(rng.integers(8, 48))), 255, np.uint8)
+        paper = int(rng.integers(120, 256))
+        crop[:] = paper
+        h, w = crop.shape
+        ink = int(rng.integers(0, paper - 10))
+        cv2.line(crop, (w // 2, 1), (int(rng.integers(0, w)), h - 2), ink, int(rng.integers(1, 5)))
+        crop = cv2.GaussianBlur(crop, (3, 3), 0) if i % 2 else crop
+        for dark_ink in (True, False):
+            a = normalize(crop, dark_ink=dark_ink)
+            b = normalize(crop.astype(np.float32) / np.float32(255.0), dark_ink=dark_ink)
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
