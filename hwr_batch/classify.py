@@ -7,10 +7,17 @@ else the reader needs travels in the file's metadata properties (see ``training/
 - ``labels``: the class labels in output order, as one string ("0123456789");
 - ``input_convention``: a human-readable statement of the input;
 - provenance: ``datasets``, ``metrics``, ``command``, ``seed``, ``created``.
+
+A model may come with an int8 companion (``NAME.int8.onnx``, see ``defaults.INT8_SUFFIX``):
+it classifies every crop, and crops whose best probability is under its ``recheck_below``
+metadata value are classified again by the float model, whose answer is kept. The value is
+chosen per model when it is quantised: the page reader's character error rate with the pair
+must not exceed the float model's (see the model cards).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -44,6 +51,8 @@ class Classifier:
     """A loaded character model.
 
     ``predict(crops)`` takes (N, 28, 28) white ink on black, uint8 0-255 or float32 0-1.
+    ``fast``: the int8 companion (or None); crops it scores under ``recheck_below`` are
+    scored again by the float model.
     """
 
     path: str
@@ -51,6 +60,15 @@ class Classifier:
     metadata: dict[str, str]
     _session: Any
     _input_name: str
+    fast: Any = None
+    recheck_below: float = 1.0
+
+    def _run(self, session: Any, x: npt.NDArray[np.float32], batch_size: int) -> Any:
+        parts = [
+            session.run(None, {self._input_name: x[i : i + batch_size]})[0]
+            for i in range(0, len(x), batch_size)
+        ]
+        return np.concatenate(parts).astype(np.float32)
 
     @property
     def name(self) -> str:
@@ -75,11 +93,13 @@ class Classifier:
         x = self._as_input(crops)
         if len(x) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        parts = [
-            self._session.run(None, {self._input_name: x[i : i + batch_size]})[0]
-            for i in range(0, len(x), batch_size)
-        ]
-        return np.concatenate(parts).astype(np.float32)
+        if self.fast is None:
+            return np.asarray(self._run(self._session, x, batch_size), np.float32)
+        proba = np.asarray(self._run(self.fast, x, batch_size), np.float32)
+        unsure = np.flatnonzero(proba.max(axis=1) < self.recheck_below)
+        if len(unsure):
+            proba[unsure] = self._run(self._session, x[unsure], batch_size)
+        return proba
 
     def predict(
         self, crops: npt.ArrayLike, batch_size: int = defaults.BATCH_SIZE
@@ -112,16 +132,50 @@ def model_path(name_or_path: str | os.PathLike[str]) -> Path:
     return p
 
 
-@lru_cache(maxsize=8)
-def _load(path: str, threads: int | None) -> Classifier:
+def _session(path: str, threads: int | None) -> Any:
     import onnxruntime as ort
 
     try:
-        sess = ort.InferenceSession(
+        return ort.InferenceSession(
             path, sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise ModelError(f"{path}: not a loadable ONNX model ({exc})") from exc
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file (what an int8 companion's ``quantized_from`` holds)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def int8_companion(path: str | os.PathLike[str]) -> Path:
+    """Where the int8 companion of a model file lives: ``NAME.onnx`` -> ``NAME.int8.onnx``."""
+    p = Path(path)
+    return p.with_name(p.name.removesuffix(".onnx") + defaults.INT8_SUFFIX)
+
+
+def _fast_companion(path: str, threads: int | None) -> tuple[Any, float] | None:
+    """The int8 companion's session and its recheck threshold, if it belongs to ``path``."""
+    if os.environ.get(defaults.EXACT_ENV, "") not in ("", "0") or path.endswith(
+        defaults.INT8_SUFFIX
+    ):
+        return None
+    companion = int8_companion(path)
+    if not companion.is_file():
+        return None
+    sess = _session(str(companion), threads)
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    if meta.get("quantized_from") != file_sha256(path):
+        return None  # made from another version of the float model
+    try:
+        return sess, float(meta["recheck_below"])
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"{companion}: no valid 'recheck_below' metadata") from exc
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, threads: int | None) -> Classifier:
+    sess = _session(path, threads)
     meta = dict(sess.get_modelmeta().custom_metadata_map)
     labels = meta.get("labels")
     if not labels:
@@ -129,13 +183,17 @@ def _load(path: str, threads: int | None) -> Classifier:
     out_dim = sess.get_outputs()[0].shape[-1]
     if isinstance(out_dim, int) and out_dim != len(labels):
         raise ModelError(f"{path}: {out_dim} outputs but {len(labels)} labels in metadata")
-    return Classifier(
+    clf = Classifier(
         path=path,
         labels=labels,
         metadata=meta,
         _session=sess,
         _input_name=sess.get_inputs()[0].name,
     )
+    fast = _fast_companion(path, threads)
+    if fast is not None:
+        clf.fast, clf.recheck_below = fast
+    return clf
 
 
 def load_classifier(

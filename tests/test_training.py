@@ -7,6 +7,7 @@ model evaluations, which skip when it is absent.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,12 @@ from hwr_batch.errors import ExitCode, ModelError  # noqa: E402
 from training.augment import NO_AUGMENT, AugmentConfig, augment_batch, make_generator  # noqa: E402
 from training.cli import main  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
-from training.export import build_metadata, export_onnx, verify_onnx  # noqa: E402
+from training.export import (  # noqa: E402
+    build_metadata,
+    export_onnx,
+    quantize_int8,
+    verify_onnx,
+)
 from training.fit import load_checkpoint, load_source  # noqa: E402
 from training.model import CharCNN, WithSoftmax  # noqa: E402
 
@@ -267,6 +273,76 @@ def test_verify_catches_a_model_that_differs(tmp_path: Path) -> None:
         b.head[-1].bias.add_(3.0 * torch.tensor([1.0, -1.0, 0.0]))
     with pytest.raises(ModelError, match="differs from torch"):
         verify_onnx(WithSoftmax(b), tmp_path / "a.onnx")
+
+
+# --------------------------------------------------------------------------- int8 companions
+
+
+def _float_model(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = CharCNN(3, (8, 12, 16)).eval()
+    meta = build_metadata(labels="017", name="t", datasets=[], metrics={}, command="", seed=seed)
+    export_onnx(model, path, meta)
+    return path
+
+
+def _reload(path: Path) -> hwr_batch.Classifier:
+    from hwr_batch import classify
+
+    classify._load.cache_clear()
+    return hwr_batch.load_classifier(path)
+
+
+def test_int8_companion_is_paired_rechecked_and_refused_when_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from hwr_batch.classify import file_sha256, int8_companion
+
+    monkeypatch.delenv("HWR_EXACT", raising=False)
+    path = _float_model(tmp_path / "t.onnx", 0)
+    rng = np.random.default_rng(0)
+    images = np.stack([_glyph(c, rng) for c in "017" for _ in range(30)])
+    companion = int8_companion(path)
+    assert companion.name == "t.int8.onnx"
+    stats = quantize_int8(path, companion, images, 1.0, calibration_source="drawn glyphs")
+    assert stats["argmax_agreement"] >= 0.9
+    props = {p.key: p.value for p in onnx.load(str(companion)).metadata_props}
+    assert props["quantized_from"] == file_sha256(path)
+    assert float(props["recheck_below"]) == 1.0 and props["labels"] == "017"
+    ops = {n.op_type for n in onnx.load(str(companion)).graph.node}
+    assert "QuantizeLinear" in ops and "Softmax" in ops
+
+    x = images.astype(np.float32)[:, None] / 255.0
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    exact = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    clf = _reload(path)
+    assert clf.fast is not None and clf.recheck_below == 1.0
+    # Every crop under probability 1 is re-scored by the float model.
+    np.testing.assert_allclose(clf.predict_proba(images), exact, atol=1e-6)
+
+    quantize_int8(path, companion, images, 0.0, calibration_source="drawn glyphs")
+    clf = _reload(path)
+    fast = clf.predict_proba(images)
+    assert clf.recheck_below == 0.0
+    assert not np.allclose(fast, exact, atol=1e-6)  # the int8 answers, not the float ones
+    assert (fast.argmax(1) == exact.argmax(1)).mean() >= 0.9
+
+    monkeypatch.setenv("HWR_EXACT", "1")
+    assert _reload(path).fast is None
+    monkeypatch.delenv("HWR_EXACT")
+    _float_model(path, 1)  # the float model retrained: the companion is stale
+    assert _reload(path).fast is None
+
+
+@pytest.mark.parametrize("name", ["digits", "letters", "alnum"])
+def test_shipped_int8_companions_belong_to_their_models(name: str) -> None:
+    clf = hwr_batch.load_classifier(name)
+    if os.environ.get("HWR_EXACT", "") not in ("", "0"):
+        pytest.skip("HWR_EXACT set")
+    assert clf.fast is not None, f"{name}.int8.onnx missing or made from another {name}.onnx"
 
 
 # --------------------------------------------------------------------------- evaluate

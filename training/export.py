@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -136,3 +137,152 @@ def verify_onnx(
             f"(> {EXPORT_TOLERANCE:.0e})"
         )
     return diff
+
+
+# --------------------------------------------------------------------------- int8 companions
+
+#: Calibration images (training split, drawn at random) and the percentile of each activation's
+#: histogram kept as its range. Percentile calibration clips the rare outliers that MinMax
+#: stretches the 256 levels over: on 9,075 reader crops of generated pages (seed 5) the digits
+#: companion's answers differed from the float model's on 0.58% of crops against 0.76% with
+#: MinMax, with the same held-out accuracy.
+CALIBRATION_IMAGES = 2048
+CALIBRATION_PERCENTILE = 99.999
+#: Operators quantised. Gemm and Softmax stay float: quantising the softmax output rounds every
+#: probability to a multiple of 1/255, which the reader's split and merge costs (-log p) and
+#: the review threshold cannot live with.
+QUANTISED_OPS = ("Conv", "Relu", "MaxPool")
+
+
+def quantize_int8(
+    model_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    calibration: npt.NDArray[np.uint8],
+    recheck_below: float,
+    *,
+    calibration_source: str,
+) -> dict[str, Any]:
+    """Write the int8 companion of a float model (static QDQ, per-channel int8 weights).
+
+    calibration: uint8 (N, 28, 28) white-on-black model inputs from the *training* split.
+    recheck_below: the reader re-scores with the float model every crop whose best int8
+    probability is under this (0: never; see hwr_batch.classify). The companion carries the
+    float model's metadata plus ``quantized_from`` (SHA-256 of the float file),
+    ``recheck_below`` and ``quantization`` (JSON: method, calibration). Returns the agreement
+    of the two models on the calibration images (``argmax_agreement``, ``max_abs_diff``).
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from hwr_batch.classify import file_sha256
+
+    src, out = Path(model_path), Path(out_path)
+    if not 0.0 <= recheck_below <= 1.0:
+        raise ValueError(f"recheck_below must be in [0, 1], got {recheck_below}")
+    x = calibration.astype(np.float32)[:, None] / 255.0
+
+    class _Batches(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.start = 0
+
+        def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
+            if self.start >= len(x):
+                return None
+            batch = x[self.start : self.start + 256]
+            self.start += 256
+            return {INPUT_NAME: batch}
+
+    pre = out.with_name(out.name + ".pre.tmp")
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(tmp),
+            _Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            op_types_to_quantize=list(QUANTISED_OPS),
+            extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
+        )
+        proto = onnx.load(str(tmp))
+        meta = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
+        meta["quantized_from"] = file_sha256(src)
+        meta["recheck_below"] = repr(float(recheck_below))
+        meta["quantization"] = json.dumps(
+            {
+                "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 "
+                "activations, percentile calibration",
+                "percentile": CALIBRATION_PERCENTILE,
+                "ops": list(QUANTISED_OPS),
+                "calibration_images": len(x),
+                "calibration_source": calibration_source,
+                "onnxruntime": ort.__version__,
+            },
+            sort_keys=True,
+        )
+        del proto.metadata_props[:]
+        for key, value in meta.items():
+            prop = proto.metadata_props.add()
+            prop.key, prop.value = key, value
+        onnx.save(proto, str(tmp))
+        sessions = [
+            ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (src, tmp)
+        ]
+        want, got = (s.run(None, {INPUT_NAME: x})[0] for s in sessions)
+        tmp.replace(out)
+    finally:
+        pre.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return {
+        "argmax_agreement": float((want.argmax(1) == got.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(want - got).max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.export quantize MODEL --recheck-below P``: write MODEL's int8
+    companion next to it, calibrated on its training split."""
+    import argparse
+
+    from hwr_batch.classify import int8_companion, model_path
+    from training import sources
+
+    p = argparse.ArgumentParser(prog="python -m training.export")
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quantize", help="write the int8 companion of a shipped model")
+    q.add_argument("model", choices=("digits", "letters", "alnum"))
+    q.add_argument("--recheck-below", type=float, required=True)
+    q.add_argument("--images", type=int, default=CALIBRATION_IMAGES)
+    q.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    train = sources.load_split(args.model, "train")
+    rng = np.random.default_rng(args.seed)
+    rows = rng.choice(len(train.images), min(args.images, len(train.images)), replace=False)
+    src = model_path(args.model)
+    out = int8_companion(src)
+    stats = quantize_int8(
+        src,
+        out,
+        train.images[np.sort(rows)],
+        args.recheck_below,
+        calibration_source=f"training.sources.load_split({args.model!r}, 'train'), "
+        f"{len(rows)} rows drawn with numpy default_rng({args.seed})",
+    )
+    print(f"{out}: {json.dumps(stats)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
