@@ -5,7 +5,9 @@ reader's own path: uint8 crops in, labels and confidences out) with onnxruntime 
 ``--threads`` intra-op threads, at ``--batch`` crops per call. The crops are real normalised
 glyphs (MNIST test images when ../shared/datasets is there, else glyphs drawn with OpenCV and
 passed through hwr_batch.normalize); a CNN's cost does not depend on the pixels, but this keeps
-the input honest.
+the input honest. The "path" column says what ``predict`` ran: the int8 companion alone, the
+companion with float re-checks under its threshold (how many crops are re-checked depends on
+the crops: clean MNIST digits fewer than page crops), or the float model (``HWR_EXACT=1``).
 
 Also reported: crops per CPU-second (process time), which a busy shared machine disturbs much
 less than wall-clock rates; with N threads fully busy, N times it is the uncontended rate.
@@ -85,8 +87,15 @@ def crops_per_second(name: str, crops: np.ndarray, threads: int, seconds: float)
         rates.append(batch / (time.perf_counter() - t))
     cpu_s = time.process_time() - cpu0
     params = json.loads(clf.metadata.get("metrics", "{}")).get("parameters")
+    if clf.fast is None:
+        path = "float"
+    elif clf.recheck_below > 0:
+        path = f"int8, float < {clf.recheck_below:g}"
+    else:
+        path = "int8"
     return {
         "model": name,
+        "path": path,
         "classes": len(clf.labels),
         "parameters": params,
         "architecture": clf.metadata.get("architecture", "?"),
@@ -142,7 +151,7 @@ def main() -> int:
     )
     head = (
         f"{'model':8s} {'classes':>7s} {'params':>8s} {'arch':22s} {'KiB':>5s} "
-        f"{'crops/s (median)':>17s} {'crops/s (best)':>15s} {'crops/CPU-s':>12s}"
+        f"{'crops/s (median)':>17s} {'crops/s (best)':>15s} {'crops/CPU-s':>12s}  path"
     )
     print(head)
     print("-" * len(head))
@@ -150,7 +159,7 @@ def main() -> int:
         print(
             f"{r['model']:8s} {r['classes']:7d} {r['parameters'] or 0:8d} "
             f"{r['architecture']:22s} {r['file_kb']:5d} {r['crops_per_s_median']:17d} "
-            f"{r['crops_per_s_best']:15d} {r['crops_per_cpu_s'] or 0:12d}"
+            f"{r['crops_per_s_best']:15d} {r['crops_per_cpu_s'] or 0:12d}  {r['path']}"
         )
     print(
         f"cold start (fresh process: import hwr_batch, load digits, classify 1 crop): "
