@@ -69,7 +69,7 @@ def _stretch_levels(hist: npt.NDArray[np.intp], q: npt.NDArray[np.uint8]) -> tup
 
 def _apply_stretch(ink: npt.NDArray[np.float32], bg: float, fg: float) -> npt.NDArray[np.float32]:
     """Map ``bg`` to 0 and ``fg`` to 1 (float32 arithmetic, clipped to [0, 1])."""
-    if np.isnan(bg):
+    if math.isnan(bg):
         return ink
     if fg - bg < 0.1:
         # Low contrast: noise, not a character. Keep it faint so it stays "empty".
@@ -96,17 +96,17 @@ _LEVELS = np.arange(256, dtype=np.uint8)[None, :]
 #: computed once for the 256 levels with the very operations of the general path, and a crop
 #: is a table look-up (the same float32 values, bit for bit): ink of each level, dark ink first
 #: (1 - v / 255), then light ink (v / 255).
-_INK_OF_LEVEL = {True: 1.0 - _to_float_gray(_LEVELS), False: _to_float_gray(_LEVELS)}
+_INK_OF_LEVEL = {True: (1.0 - _to_float_gray(_LEVELS))[0], False: _to_float_gray(_LEVELS)[0]}
 #: ... and that ink quantised as :func:`_stretch` quantises it.
 _Q_OF_LEVEL = {k: np.round(v * 255.0).astype(np.uint8) for k, v in _INK_OF_LEVEL.items()}
 
 
 def _ink_u8(crop: npt.NDArray[np.uint8], dark_ink: bool) -> npt.NDArray[np.float32]:
     """``_stretch`` of the ink of a uint8 gray crop (H, W), by table look-up; same values."""
-    q = _Q_OF_LEVEL[dark_ink][0, crop]
+    q = _Q_OF_LEVEL[dark_ink].take(crop)
     hist = np.bincount(q.ravel(), minlength=256)
     bg, fg = _stretch_levels(hist, q)
-    return _apply_stretch(_INK_OF_LEVEL[dark_ink], bg, fg)[0, crop]
+    return _apply_stretch(_INK_OF_LEVEL[dark_ink], bg, fg).take(crop)
 
 
 def _stroke_width(mask: npt.NDArray[np.uint8]) -> float:
@@ -170,10 +170,11 @@ def normalize(crop: npt.ArrayLike, dark_ink: bool = True) -> npt.NDArray[np.floa
     new_h = max(1, int(round(h * scale)))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     small = cv2.resize(glyph, (new_w, new_h), interpolation=interp)
-    small = np.clip(small, 0.0, 1.0)
-    if small.max() > 0:
+    small = small.clip(0.0, 1.0)
+    peak = small.max()
+    if peak > 0:
         # Area-averaging a very thin stroke dims it; restore full ink intensity.
-        small = small / small.max()
+        small = small / peak
 
     total = float(small.sum())
     if total <= 0:
