@@ -188,13 +188,12 @@ def _cut_candidates(mask: npt.NDArray[np.bool_], text_h: float) -> list[Cut]:
     margin = max(2, int(defaults.SPLIT_MIN_PIECE * text_h))
 
     def valleys(sig: npt.NDArray[np.float64]) -> list[tuple[float, int]]:
+        # Columns in [margin, w - margin) that are the minimum of their (2k + 1) window.
         s = np.convolve(sig, kern, mode="same")
-        out = []
-        for c in range(margin, w - margin):
-            lo, hi = max(0, c - k), min(w, c + k + 1)
-            if s[c] <= s[lo:hi].min() + 1e-9:
-                out.append((float(s[c]), c))
-        return out
+        padded = np.pad(s, k, constant_values=np.inf)
+        local_min = np.lib.stride_tricks.sliding_window_view(padded, 2 * k + 1).min(axis=1)
+        at = np.flatnonzero(s[margin : w - margin] <= local_min[margin : w - margin] + 1e-9)
+        return [(float(s[c]), int(c)) for c in at + margin]
 
     scored: list[tuple[float, int, float]] = []
     # Rank every valley by how deep it is relative to the group's typical value.
