@@ -152,44 +152,74 @@ def merge_fragments(stats: npt.NDArray[np.int32], text_h: float) -> list[list[in
     return list(groups.values())
 
 
-def _cut_candidates(mask: npt.NDArray[np.bool_], text_h: float) -> list[int]:
-    """Candidate cut columns of a wide group's mask (h, w).
+#: A cut through a group: the straight line x = c + slant * (y - (h - 1) / 2) in group pixels
+#: (c: its column at mid-height; slant: columns per row).
+Cut = tuple[float, float]
 
-    Valleys of the column profile, of the upper contour (top ink row, a valley is where it
-    dips) and of the lower contour, plus evenly spaced cuts for the expected number of
-    characters; near-duplicates removed, at most SPLIT_MAX_CUTS.
+
+def _cut_candidates(mask: npt.NDArray[np.bool_], text_h: float) -> list[Cut]:
+    """Candidate cuts through a wide group's mask (h, w), left to right.
+
+    Every column at mid-height is tried at each slant of SPLIT_SLANTS and keeps the slant that
+    crosses the least ink: two handwritten characters touch where one leans into the other (a
+    slanted 1), so the line between them is often not vertical. Candidates are the valleys of
+    that least-ink profile, of the upper contour (top ink row, a valley is where it dips) and of
+    the lower contour, plus evenly spaced cuts for the expected number of characters;
+    near-duplicates and cuts that would cross a kept one inside the group are dropped, at most
+    SPLIT_MAX_CUTS.
     """
     h, w = mask.shape
     has = mask.any(axis=0)
-    col = mask.sum(axis=0).astype(np.float64)
     top = np.where(has, mask.argmax(axis=0), h).astype(np.float64)
     bottom = np.where(has, h - 1 - mask[::-1].argmax(axis=0), 0).astype(np.float64)
+    # Ink crossed by the line through (c, mid-height) at each slant: (n_slants, w). Slant 0
+    # comes first, so ties keep the cut vertical.
+    slants = np.asarray(defaults.SPLIT_SLANTS, np.float64)
+    dy = np.arange(h, dtype=np.float64) - (h - 1) / 2
+    xs = np.rint(np.arange(w)[None, None, :] + slants[:, None, None] * dy[None, :, None])
+    xs = xs.astype(np.int64)
+    inside = (xs >= 0) & (xs < w)
+    rows = np.broadcast_to(np.arange(h)[None, :, None], xs.shape)
+    crossed = np.where(inside, mask[rows, np.clip(xs, 0, w - 1)], False).sum(axis=1)
+    best_slant = crossed.argmin(axis=0)
+    col = crossed[best_slant, np.arange(w)].astype(np.float64)
     k = max(3, int(0.08 * text_h) | 1)
     kern = np.ones(k) / k
     margin = max(2, int(defaults.SPLIT_MIN_PIECE * text_h))
 
     def valleys(sig: npt.NDArray[np.float64]) -> list[tuple[float, int]]:
+        # Columns in [margin, w - margin) that are the minimum of their (2k + 1) window.
         s = np.convolve(sig, kern, mode="same")
-        out = []
-        for c in range(margin, w - margin):
-            lo, hi = max(0, c - k), min(w, c + k + 1)
-            if s[c] <= s[lo:hi].min() + 1e-9:
-                out.append((float(s[c]), c))
-        return out
+        padded = np.pad(s, k, constant_values=np.inf)
+        local_min = np.lib.stride_tricks.sliding_window_view(padded, 2 * k + 1).min(axis=1)
+        at = np.flatnonzero(s[margin : w - margin] <= local_min[margin : w - margin] + 1e-9)
+        return [(float(s[c]), int(c)) for c in at + margin]
 
-    scored: list[tuple[float, int]] = []
+    scored: list[tuple[float, int, float]] = []
     # Rank every valley by how deep it is relative to the group's typical value.
-    for sig, scale in ((col, max(col.max(), 1.0)), (-top, float(h)), (bottom, float(h))):
+    for sig, scale, slanted in (
+        (col, max(col.max(), 1.0), True),
+        (-top, float(h), False),
+        (bottom, float(h), False),
+    ):
         for v, c in valleys(sig):
-            scored.append(((v - float(sig.max())) / scale, c))
+            slope = float(slants[best_slant[c]]) if slanted else 0.0
+            scored.append(((v - float(sig.max())) / scale, c, slope))
     scored.sort()
     n_exp = max(2, int(round(w / (defaults.SPLIT_CHAR_WIDTH * text_h))))
     even = [int(round(w * i / n_exp)) for i in range(1, n_exp)]
-    cuts: list[int] = []
+    cands = [(c, slope) for _, c, slope in scored]
+    cands += [(c, float(slants[best_slant[c]])) for c in even if 0 <= c < w]
+    cuts: list[Cut] = []
     min_sep = max(2, int(defaults.SPLIT_MIN_PIECE * text_h))
-    for c in [c for _, c in scored] + even:
-        if margin <= c <= w - margin and all(abs(c - d) >= min_sep for d in cuts):
-            cuts.append(c)
+    half = (h - 1) / 2
+    for c, slope in cands:
+        # Kept apart by min_sep at mid-height and not crossing inside the group (top and bottom
+        # rows on the same side).
+        if margin <= c <= w - margin and all(
+            abs(c - d) >= min_sep and abs(c - d) > abs(slope - e) * half for d, e in cuts
+        ):
+            cuts.append((float(c), slope))
         if len(cuts) >= defaults.SPLIT_MAX_CUTS:
             break
     return sorted(cuts)
@@ -224,18 +254,27 @@ def _group_crop(
 
 
 def _piece(
-    crop: npt.NDArray[np.uint8], own: npt.NDArray[np.bool_], a: int, b: int
+    crop: npt.NDArray[np.uint8], own: npt.NDArray[np.bool_], a: Cut, b: Cut
 ) -> tuple[npt.NDArray[np.uint8], tuple[int, int, int, int]] | None:
-    """Columns [a, b) of a group crop trimmed to its ink: (crop, (dx, dy, w, h)) or None."""
-    m = own[:, a:b]
+    """The part of a group crop between cuts a and b, trimmed to its ink.
+
+    Returns (crop with the group's ink outside the two cuts blanked, (dx, dy, w, h)) or None.
+    """
+    h, w = own.shape
+    dy = np.arange(h, dtype=np.float64) - (h - 1) / 2
+    lo = np.rint(a[0] + a[1] * dy)
+    hi = np.rint(b[0] + b[1] * dy)
+    xs = np.arange(w)
+    between = (xs[None, :] >= lo[:, None]) & (xs[None, :] < hi[:, None])
+    m = own & between
     rows = np.flatnonzero(m.any(axis=1))
-    cols = np.flatnonzero(m.any(axis=0))
     if len(rows) == 0:
         return None
+    cols = np.flatnonzero(m.any(axis=0))
     r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    c0, c1 = a + int(cols[0]), a + int(cols[-1]) + 1
-    sub = crop[r0:r1, c0:c1].copy()
-    # Ink of this group outside the cut columns is another character: blank it.
+    c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    # Ink of this group beyond the cuts is another character: blank it.
+    sub = np.where(between[r0:r1, c0:c1], crop[r0:r1, c0:c1], np.uint8(255)).astype(np.uint8)
     return sub, (c0, r0, c1 - c0, r1 - r0)
 
 
@@ -378,7 +417,7 @@ class _Wide:
     group: _Group
     crop: npt.NDArray[np.uint8]
     own: npt.NDArray[np.bool_]
-    cuts: list[int]
+    cuts: list[Cut]
     image: npt.NDArray[np.float32]
     proba: npt.NDArray[np.float32] | None
 
@@ -506,7 +545,7 @@ def _split_wide(wide: Sequence[_Wide], th: float, scorer: Scorer | None, seg: Se
     wholes: dict[int, int] = {}
     for gi, wd in enumerate(wide):
         g = wd.group
-        points = [0, *wd.cuts, g.w]
+        points: list[Cut] = [(0.0, 0.0), *wd.cuts, (float(g.w), 0.0)]
         wholes[gi] = len(pieces)
         pieces.append((gi, 0, len(points) - 1, (0, 0, g.w, g.h)))
         images.append(wd.image)
@@ -515,7 +554,7 @@ def _split_wide(wide: Sequence[_Wide], th: float, scorer: Scorer | None, seg: Se
             # characters, and rarely more than twice inside one.
             for j in range(i + 1, min(len(points), i + 1 + defaults.SPLIT_MAX_SPAN)):
                 a, b = points[i], points[j]
-                if (i == 0 and j == len(points) - 1) or not min_w <= b - a <= max_w:
+                if (i == 0 and j == len(points) - 1) or not min_w <= b[0] - a[0] <= max_w:
                     continue
                 cut = _piece(wd.crop, wd.own, a, b)
                 if cut is None:

@@ -186,3 +186,28 @@ def test_region_limits_the_search() -> None:
 def test_blank_page_gives_no_characters() -> None:
     seg = segment(preprocess(np.full((400, 400), 240, np.uint8)))
     assert seg.chars == [] and seg.text_height == 0.0
+
+
+def test_cut_candidates_lean_with_the_characters() -> None:
+    """Two strokes leaning side by side overlap in every column: only a slanted cut parts them."""
+    from hwr_batch.segment import _cut_candidates, _piece
+
+    ink = np.zeros((70, 60), np.uint8)
+    for x0 in (8, 30):  # two "1"s leaning right, 22 px apart: their columns overlap
+        cv2.line(ink, (x0 + 20, 3), (x0, 66), 255, 5)
+    ink[33:37, 18:42] = 255  # a bar joining them into one component
+    mask = ink > 127
+    assert not (mask.sum(axis=0) == 0)[15:45].any()  # no empty column between them
+    cuts = _cut_candidates(mask, text_h=66.0)
+    slanted = [c for c in cuts if c[1] < 0]
+    assert slanted, cuts
+    crop = np.where(mask, 0, 255).astype(np.uint8)
+    best = min(slanted, key=lambda c: abs(c[0] - 29))
+    left = _piece(crop, mask, (0.0, 0.0), best)
+    right = _piece(crop, mask, best, (60.0, 0.0))
+    assert left is not None and right is not None
+    # Each piece holds one whole stroke (full height), and no ink is in both.
+    assert left[1][3] >= 60 and right[1][3] >= 60
+    n_left = int((left[0] < 128).sum())
+    n_right = int((right[0] < 128).sum())
+    assert n_left + n_right == int(mask.sum())
