@@ -132,6 +132,22 @@ def test_stroke_resting_on_a_border_keeps_its_shape() -> None:
     assert clean[160, 120] == 0 and clean[160, 280] == 0
 
 
+def test_faint_stroke_attached_to_ink_is_kept_and_faint_noise_is_not() -> None:
+    # A flattened page as ink_levels gives it for the generated scans: paper ~252, ink
+    # threshold 155.
+    flat = np.full((300, 400), 252, np.uint8)
+    cv2.line(flat, (150, 100), (190, 100), 190, 3)  # the light bar of a quick 7
+    cv2.line(flat, (190, 100), (160, 200), 40, 4)  # its dark stem
+    cv2.circle(flat, (300, 150), 4, 190, -1)  # a light blot touching no ink
+    t = 155.0
+    ink = np.where(flat <= t, 255, 0).astype(np.uint8)
+    assert ink[100, 160] == 0, "the bar is lighter than the ink threshold"
+    full = forms.faint_ink(flat, t, ink)
+    assert full[100, 160] > 0, "the faint bar was not joined to its stem"
+    assert full[150, 300] == 0, "faint ink touching no ink was kept"
+    assert (full >= ink).all(), "ink was lost"
+
+
 def _holes(mask: np.ndarray) -> int:
     """Number of enclosed holes of a 0/255 mask."""
     _c, hier = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
