@@ -4,7 +4,8 @@ A field is read as a *segmentation lattice*: nodes ``0..n`` are cut positions fr
 and each edge ``(i, j)`` is one candidate character (the ink between cuts ``i`` and ``j``) with the
 classifier's probability row for it. A comb field, one character per cell, is the simple chain
 ``0 -> 1 -> ... -> n``; a free box whose ink may hold touching or broken characters also gets
-edges that split or merge pieces, and the search picks the segmentation and the labels together.
+edges that split or merge pieces, and *blank* edges that read a small fragment as no character
+at all; the search picks the segmentation and the labels together.
 
 The value is the highest-probability path whose string fits the constraint: labels from the
 field's charset, an exact length, and a full-match regular expression. Paths are enumerated
@@ -85,6 +86,9 @@ class Edge:
     start: int
     end: int
     proba: npt.NDArray[np.float32]
+    #: When set, the edge reads *no* character (ink that is not one: a fragment of a broken
+    #: stroke, a speck) with this probability; ``proba`` is then ignored.
+    blank: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,9 @@ def decode_lattice(
     # Per edge: candidate (cost, label, prob), cheapest first; cost = -log p.
     options: list[list[tuple[float, str, float]]] = []
     for e in edges:
+        if e.blank is not None:
+            options.append([(-math.log(max(e.blank, 1e-12)), "", e.blank)] if e.blank > 0 else [])
+            continue
         p = np.asarray(e.proba, np.float64)
         order = np.argsort(-p)
         opts: list[tuple[float, str, float]] = []
@@ -156,10 +163,11 @@ def decode_lattice(
     for node in range(end - 1, -1, -1):
         for idx in out_edges[node]:
             nxt = edges[idx].end
+            hop = 0 if edges[idx].blank is not None else 1
             if h[nxt] < inf:
                 h[node] = min(h[node], options[idx][0][0] + h[nxt])
-                min_hops[node] = min(min_hops[node], min_hops[nxt] + 1)
-                max_hops[node] = max(max_hops[node], max_hops[nxt] + 1)
+                min_hops[node] = min(min_hops[node], min_hops[nxt] + hop)
+                max_hops[node] = max(max_hops[node], max_hops[nxt] + hop)
     if h[0] == inf:
         return Decoded("", 0.0, (), (), False)
 
@@ -169,14 +177,14 @@ def decode_lattice(
         (h[0], 0, 0.0, 0, "", (), ())
     ]
     tie = 1
-    best: tuple[str, tuple[float, ...], tuple[int, ...]] | None = None
+    best: tuple[str, tuple[float, ...], tuple[int, ...], float] | None = None
     pops = 0
     while heap and pops < max_pops:
         _f, _t, g, node, s, probs, path = heapq.heappop(heap)
         pops += 1
         if node == end:
             if best is None:
-                best = (s, probs, path)
+                best = (s, probs, path, g)
             if constraint.fits(s):
                 return Decoded(s, float(math.exp(-g)), probs, path, True)
             continue
@@ -184,13 +192,18 @@ def decode_lattice(
             nxt = edges[idx].end
             if h[nxt] == inf:
                 continue
-            if length is not None and not (min_hops[nxt] <= length - len(s) - 1 <= max_hops[nxt]):
+            hop = 0 if edges[idx].blank is not None else 1
+            if length is not None and not (min_hops[nxt] <= length - len(s) - hop <= max_hops[nxt]):
                 continue
             for cost, lab, pk in options[idx]:
                 g2 = g + cost
-                heapq.heappush(
-                    heap, (g2 + h[nxt], tie, g2, nxt, s + lab, probs + (pk,), path + (idx,))
-                )
+                if not lab:
+                    # A blank edge: part of the path's probability, not a character of it.
+                    heapq.heappush(heap, (g2 + h[nxt], tie, g2, nxt, s, probs, path))
+                else:
+                    heapq.heappush(
+                        heap, (g2 + h[nxt], tie, g2, nxt, s + lab, probs + (pk,), path + (idx,))
+                    )
                 tie += 1
     if best is None:
         # The length bound pruned every path: fall back to the unconstrained best.
@@ -198,8 +211,8 @@ def decode_lattice(
             n_nodes, edges, labels, Constraint(constraint.charset), max_pops=max_pops
         )
         return replace(loose, fits=False)
-    s, probs, path = best
-    return Decoded(s, float(np.prod(probs)) if probs else 1.0, probs, path, False)
+    s, probs, path, g = best
+    return Decoded(s, float(math.exp(-g)), probs, path, False)
 
 
 def decode_positions(

@@ -87,6 +87,22 @@ SPLIT_PENALTY = 0.6
 #: may be one broken character.
 MERGE_WIDTH = 1.1
 MERGE_GAP = 0.15
+#: A piece of a free field whose width and height are both under this share of the field's
+#: median character height is a fragment (the loose bar of a 5, a broken-off bit of a 1, a
+#: blot): digits written in one field differ in height by less than a factor two.
+FRAGMENT_SIZE = 0.5
+#: A fragment is offered as no character with this probability, and as a character of its own
+#: with its probability times FRAGMENT_PENALTY: a fragment is more often part of a neighbour or
+#: noise than a character, so reading it alone must be clearly better than dropping it.
+FRAGMENT_BLANK = 0.5
+FRAGMENT_PENALTY = 0.5
+#: A fragment may be merged with a neighbour this far away (in character heights): broken
+#: strokes of pen-lifts leave wider gaps than the MERGE_GAP between parts of one stroke.
+FRAGMENT_GAP = 0.4
+#: Faint strokes: pixels lighter than the ink threshold t but darker than t + FAINT_SHARE *
+#: (255 - t) are ink when connected to ink. On the generated scans (flattened paper ~252, noise
+#: sd 6, t ~155) half way is ~203, eight noise sd clear of paper.
+FAINT_SHARE = 0.5
 #: Pixels either side of a border's fully covered rows (or columns) that still count as border.
 BORDER_SLACK = 2
 #: A stroke "leaves" a border when there is ink 1 and this many pixels away from it, in line.
@@ -149,11 +165,13 @@ class FormsResult:
 # 1-2. Ink and skew
 
 
-def ink_mask(gray: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """Binary ink of a page: gray uint8 (H, W), dark ink on light paper -> uint8 (H, W) 0/255.
+def ink_levels(gray: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], float]:
+    """The page with its background flattened, and the ink/paper threshold.
 
-    The background (paper colour and uneven lighting) is estimated by a large median of a
-    shrunken copy and divided out; Otsu then splits ink from paper.
+    gray: uint8 (H, W), dark ink on light paper. Returns ``(flat, t)``: flat uint8 (H, W), the
+    page divided by its paper level (paper near 255), and ``t``: pixels ``<= t`` are ink. The
+    background (paper colour and uneven lighting) is estimated by a large median of a shrunken
+    copy and divided out; Otsu then splits ink from paper.
     """
     g = np.asarray(gray)
     if g.ndim != 2 or g.dtype != np.uint8:
@@ -169,8 +187,32 @@ def ink_mask(gray: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     flat = np.clip(g.astype(np.float32) / np.maximum(bg, 1.0) * 255.0, 0, 255).astype(np.uint8)
     t, _ = cv2.threshold(flat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # Blank paper has no bimodality and Otsu splits the noise; ink must be clearly darker.
-    t = min(t, 200.0)
+    return flat, min(float(t), 200.0)
+
+
+def ink_mask(gray: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Binary ink of a page: gray uint8 (H, W), dark ink on light paper -> uint8 (H, W) 0/255,
+    thresholded as :func:`ink_levels` says."""
+    flat, t = ink_levels(gray)
     return np.where(flat <= t, 255, 0).astype(np.uint8)
+
+
+def faint_ink(
+    flat: npt.NDArray[np.uint8], t: float, ink: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.uint8]:
+    """``ink`` plus the faint strokes attached to it (hysteresis).
+
+    flat, t: from :func:`ink_levels`; ink: uint8 (H, W) 0/255, ``flat <= t``. Pixels darker than
+    ``t + FAINT_SHARE * (255 - t)`` join the ink when they are connected to it, so the light
+    bar of a quick 7 stays with its stem while paper noise, which touches no ink, stays out.
+    """
+    weak = (flat <= t + FAINT_SHARE * (255.0 - t)).astype(np.uint8)
+    n, lab_any = cv2.connectedComponents(weak, connectivity=8)
+    lab = np.asarray(lab_any, np.int32)
+    keep = np.zeros(n, bool)
+    keep[np.unique(lab[ink > 0])] = True
+    keep[0] = False
+    return np.where(keep[lab], 255, 0).astype(np.uint8)
 
 
 def estimate_skew(ink: npt.NDArray[np.uint8], max_angle: float = 10.0) -> float:
@@ -625,25 +667,32 @@ def clean_ink(
 
     down, up = walk(widened, hb, 1, 0, False), walk(widened, hb, -1, 0, False)
     right, left = walk(tall, vb, 0, 1, False), walk(tall, vb, 0, -1, False)
-    keep = (down & up) | (right & left)
-    keep |= walk(widened, hb, 1, 0, True) | walk(widened, hb, -1, 0, True)
-    keep |= walk(tall, vb, 0, 1, True) | walk(tall, vb, 0, -1, True)
+    cross_h, cross_v = down & up, right & left
+    # One-sided leaves, per side of the border: from above, below, the left, the right.
+    leaves_h = (walk(widened, hb, 1, 0, True), walk(widened, hb, -1, 0, True))
+    leaves_v = (walk(tall, vb, 0, 1, True), walk(tall, vb, 0, -1, True))
+    keep = cross_h | cross_v | leaves_h[0] | leaves_h[1] | leaves_v[0] | leaves_v[1]
     # A loop tangent to a border (the top of a 9 or 0 under a box's top line) leaves it at two
-    # nearby points; the border between them is the loop's own stroke: close short gaps.
+    # nearby points on the same side; the border between them is the loop's own stroke: close
+    # short gaps. Only between leaves on one side, and away from strokes that cross: a 7
+    # crossing a top line leaves it upward with its bar and crosses it with its stem, and
+    # filling between the two closes a loop under the bar (a 9).
     gap = TANGENT_GAP_WIDTHS * line_width + 2
-    kh = cv2.morphologyEx(
-        (keep & hb).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((1, gap), np.uint8)
-    )
-    kv = cv2.morphologyEx(
-        (keep & vb).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((gap, 1), np.uint8)
-    )
+    reach = line_width + 2 * BORDER_SLACK
+    near_cross_h = cv2.dilate(cross_h.astype(np.uint8), np.ones((1, 2 * reach + 1), np.uint8)) > 0
+    near_cross_v = cv2.dilate(cross_v.astype(np.uint8), np.ones((2 * reach + 1, 1), np.uint8)) > 0
     # Never across a cell separator: two digits of a comb leaving the same border would be
     # joined into one.
     sep_cols = np.asarray(v_lines.any(axis=0), bool)
     sep_rows = np.asarray(h_lines.any(axis=1), bool)
-    kh_b = kh.astype(bool) & hb & ~sep_cols[None, :]
-    kv_b = kv.astype(bool) & vb & ~sep_rows[:, None]
-    keep |= kh_b | kv_b
+    for side in leaves_h:
+        one_sided = (side & hb & ~near_cross_h).astype(np.uint8)
+        kh = cv2.morphologyEx(one_sided, cv2.MORPH_CLOSE, np.ones((1, gap), np.uint8))
+        keep |= kh.astype(bool) & hb & ~sep_cols[None, :]
+    for side in leaves_v:
+        one_sided = (side & vb & ~near_cross_v).astype(np.uint8)
+        kv = cv2.morphologyEx(one_sided, cv2.MORPH_CLOSE, np.ones((gap, 1), np.uint8))
+        keep |= kv.astype(bool) & vb & ~sep_rows[:, None]
     return np.where(rest | keep, 255, 0).astype(np.uint8)
 
 
@@ -665,8 +714,11 @@ class _Candidate:
     edges: list[tuple[int, int, BBox, int]] = field(default_factory=list)
     #: For combs: the cell of each node step; empty cells are skipped.
     cell_of_edge: list[int] = field(default_factory=list)
-    #: (start, end) of edges cut out of a wider piece of ink (penalised by SPLIT_PENALTY).
-    split_spans: set[tuple[int, int]] = field(default_factory=set)
+    #: Probability factor of edges by (start, end): a character cut out of a wider piece of ink
+    #: (SPLIT_PENALTY), a fragment read as a character of its own (FRAGMENT_PENALTY).
+    span_factor: dict[tuple[int, int], float] = field(default_factory=dict)
+    #: (start, end, probability) of blank edges: a fragment read as no character.
+    blanks: list[tuple[int, int, float]] = field(default_factory=list)
 
 
 def _component_zones(
@@ -719,14 +771,18 @@ def _free_field_lattice(
     stats: npt.NDArray[np.int32],
     comps: list[int],
     crops: list[_CropAt],
-    split_spans: set[tuple[int, int]],
+    cand: _Candidate,
+    slot_w: float | None = None,
 ) -> tuple[int, list[tuple[int, int, BBox, int]]]:
-    """Lattice of a box or underline field from its components; the spans of edges cut out
-    of a wider group are added to ``split_spans``.
+    """Lattice of a box or underline field from its components; penalties and blank edges go
+    into ``cand.span_factor`` and ``cand.blanks``.
 
     Components overlapping in x are one character (broken strokes, the dot of a j); a group
     much wider than tall may be touching characters, so its pieces between ink minima are
-    offered alone and merged.
+    offered alone and merged. A small group (a fragment: the loose bar of a 5, a broken-off bit
+    of a 1) may also be read as nothing, or together with its neighbour. ``slot_w``: the width
+    of one character's slot when the field's length is known (zone width / length); any two
+    neighbouring groups that fit in it together are then also offered as one character.
     """
     if not comps:
         return 1, []
@@ -757,6 +813,9 @@ def _free_field_lattice(
             crops.append((_crop(labels, g, gb, (gb.x, gb.x2)), (gb.x, gb.y)))
             edges.append((node, node + 1, gb, len(crops) - 1))
             singles.append((node, g, gb))
+            if max(gb.w, gb.h) < FRAGMENT_SIZE * char_h:
+                cand.span_factor[(node, node + 1)] = FRAGMENT_PENALTY
+                cand.blanks.append((node, node + 1, FRAGMENT_BLANK))
             node += 1
             continue
         mask = np.isin(labels[gb.y : gb.y2, gb.x : gb.x2], g)
@@ -779,15 +838,19 @@ def _free_field_lattice(
                 crops.append((crop, (gb.x, gb.y)))
                 edges.append((node + i, node + j, box, len(crops) - 1))
                 if (i, j) != (0, n_pieces):
-                    split_spans.add((node + i, node + j))
+                    cand.span_factor[(node + i, node + j)] = SPLIT_PENALTY
         node += n_pieces
     # Two neighbouring pieces may be one broken character (a 5 whose top came loose): offer
-    # the merge when together they are no wider than a character and nearly touch.
+    # the merge when together they are no wider than a character and nearly touch (a
+    # fragment may lie further off), or, with a known length, fit in one character's slot.
     for (n0, g0, b0), (n1, g1, b1) in zip(singles[:-1], singles[1:], strict=True):
         if n1 != n0 + 1:
             continue
         both = BBox.union([b0, b1])
-        if both.w <= MERGE_WIDTH * char_h and b1.x - b0.x2 <= MERGE_GAP * char_h:
+        small = min(max(b0.w, b0.h), max(b1.w, b1.h)) < FRAGMENT_SIZE * char_h
+        gap = (FRAGMENT_GAP if small else MERGE_GAP) * char_h
+        near = both.w <= MERGE_WIDTH * char_h and b1.x - b0.x2 <= gap
+        if near or (slot_w is not None and both.w <= slot_w):
             crops.append((_crop(labels, g0 + g1, both, (both.x, both.x2)), (both.x, both.y)))
             edges.append((n0, n1 + 1, both, len(crops) - 1))
     return node + 1, edges
@@ -834,7 +897,9 @@ def _prepare(
         cand.n_nodes = node + 1
         return cand
     comps = [c for zid in zone_ids for c in comps_by_zone.get(zid, [])]
-    cand.n_nodes, cand.edges = _free_field_lattice(labels, stats, comps, crops, cand.split_spans)
+    length = spec.constraint.length
+    slot_w = sum(c.w for c in geo.cells) / length if length else None
+    cand.n_nodes, cand.edges = _free_field_lattice(labels, stats, comps, crops, cand, slot_w)
     return cand
 
 
@@ -922,10 +987,13 @@ def read_fields(
     g = g.astype(np.uint8)
     shape = g.shape[:2]
 
-    ink0 = ink_mask(g)
-    angle = estimate_skew(ink0)
+    flat, ink_t = ink_levels(g)
+    ink = np.where(flat <= ink_t, 255, 0).astype(np.uint8)
+    angle = estimate_skew(ink)
     desk, m = rotate_page(g, angle)
-    ink = ink_mask(desk) if abs(angle) >= 0.05 else ink0
+    if desk is not g:
+        flat, ink_t = ink_levels(desk)
+        ink = np.where(flat <= ink_t, 255, 0).astype(np.uint8)
     structure = detect_fields(ink)
     timings["forms_detect"] = time.perf_counter() - t0
 
@@ -952,12 +1020,15 @@ def read_fields(
             shape,
         )
         ys, xs = slice(win.y, win.y2), slice(win.x, win.x2)
-        clean[ys, xs] = clean_ink(
-            ink[ys, xs],
-            structure.h_lines[ys, xs],
-            structure.v_lines[ys, xs],
-            structure.line_width,
-        )
+        # Characters are read from the ink with its faint strokes; the borders' own faint
+        # edges (blur) near the border pixels count as border.
+        win_ink = faint_ink(flat[ys, xs], ink_t, ink[ys, xs])
+        faint = (win_ink > 0) & (ink[ys, xs] == 0)
+        band = np.ones((2 * BORDER_SLACK + 1, 2 * BORDER_SLACK + 1), np.uint8)
+        h_win, v_win = structure.h_lines[ys, xs], structure.v_lines[ys, xs]
+        h_win = np.where((cv2.dilate(h_win, band) > 0) & faint, 255, h_win).astype(np.uint8)
+        v_win = np.where((cv2.dilate(v_win, band) > 0) & faint, 255, v_win).astype(np.uint8)
+        clean[ys, xs] = clean_ink(win_ink, h_win, v_win, structure.line_width)
     n_lab, labels_any, stats_any, _cent = cv2.connectedComponentsWithStats(clean, connectivity=8)
     labels = np.asarray(labels_any, np.int32)
     stats = np.asarray(stats_any, np.int32)
@@ -1074,9 +1145,12 @@ def _decode_field(
     else:
         labels = probas[cand.edges[0][3]][1]
         edges = [
-            Edge(s, e, probas[ci][0] * (SPLIT_PENALTY if (s, e) in cand.split_spans else 1.0))
+            Edge(s, e, probas[ci][0] * cand.span_factor.get((s, e), 1.0))
             for s, e, _b, ci in cand.edges
         ]
+        # Blank edges come after the character edges, so the decoder's edge indices into
+        # the character edges are indices into ``cand.edges``.
+        edges += [Edge(s, e, np.zeros(0, np.float32), blank=p) for s, e, p in cand.blanks]
         dec = decode_lattice(cand.n_nodes, edges, labels, spec.constraint)
         chars = tuple(
             _make_char(cand.edges[k][2], lab, pk, probas[cand.edges[k][3]], inv, shape)

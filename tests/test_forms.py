@@ -132,6 +132,57 @@ def test_stroke_resting_on_a_border_keeps_its_shape() -> None:
     assert clean[160, 120] == 0 and clean[160, 280] == 0
 
 
+def test_faint_stroke_attached_to_ink_is_kept_and_faint_noise_is_not() -> None:
+    # A flattened page as ink_levels gives it for the generated scans: paper ~252, ink
+    # threshold 155.
+    flat = np.full((300, 400), 252, np.uint8)
+    cv2.line(flat, (150, 100), (190, 100), 190, 3)  # the light bar of a quick 7
+    cv2.line(flat, (190, 100), (160, 200), 40, 4)  # its dark stem
+    cv2.circle(flat, (300, 150), 4, 190, -1)  # a light blot touching no ink
+    t = 155.0
+    ink = np.where(flat <= t, 255, 0).astype(np.uint8)
+    assert ink[100, 160] == 0, "the bar is lighter than the ink threshold"
+    full = forms.faint_ink(flat, t, ink)
+    assert full[100, 160] > 0, "the faint bar was not joined to its stem"
+    assert full[150, 300] == 0, "faint ink touching no ink was kept"
+    assert (full >= ink).all(), "ink was lost"
+
+
+def _holes(mask: np.ndarray) -> int:
+    """Number of enclosed holes of a 0/255 mask."""
+    _c, hier = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    return 0 if hier is None else int((hier[0][:, 3] >= 0).sum())
+
+
+def test_loop_tangent_under_a_border_stays_closed() -> None:
+    page = _blank(300, 400)
+    cv2.rectangle(page, (100, 100), (300, 160), 20, 2)
+    # The loop of a "0" whose top runs along the box's top line, from inside.
+    cv2.ellipse(page, (200, 128), (16, 27), 0, 0, 360, 20, 3)
+    ink = forms.ink_mask(page)
+    s = forms.detect_fields(ink)
+    clean = forms.clean_ink(ink, s.h_lines, s.v_lines, s.line_width)
+    assert _holes(clean[95:165, 170:230]) == 1, "the loop's top was erased with the border"
+    assert clean[100, 130] == 0 and clean[100, 270] == 0
+
+
+def test_seven_crossing_a_border_is_not_closed_into_a_loop() -> None:
+    page = _blank(300, 1000)  # wide: a 42 px bar is no underline (1/12 of the width)
+    cv2.rectangle(page, (100, 100), (300, 160), 20, 2)
+    # A "7" written too high: its bar above the top line, the bar's left end hooked down onto
+    # the line, the stem crossing it. The line between hook and stem is border, not stroke;
+    # keeping it closes a loop under the bar and the 7 reads as a 9.
+    cv2.line(page, (194, 84), (216, 84), 20, 3)
+    cv2.line(page, (194, 84), (194, 99), 20, 3)
+    cv2.line(page, (216, 84), (202, 140), 20, 3)
+    ink = forms.ink_mask(page)
+    s = forms.detect_fields(ink)
+    clean = forms.clean_ink(ink, s.h_lines, s.v_lines, s.line_width)
+    assert _holes(clean[75:150, 160:230]) == 0, "a loop was closed along the border"
+    n, labels = cv2.connectedComponents(clean)
+    assert labels[84, 205] > 0 and labels[84, 205] == labels[130, 204], "the stem was cut"
+
+
 def test_read_fields_one_batch_prompts_ignored_and_empty_fields() -> None:
     page = _blank()
     _draw_form(page)
@@ -149,6 +200,36 @@ def test_read_fields_one_batch_prompts_ignored_and_empty_fields() -> None:
     assert counter.batches == [10], "all candidates of a page go in one batch"
     # Character boxes lie inside their cells (page coordinates; this page is not skewed).
     assert comb.chars[0].bbox.x >= 300 and comb.chars[0].bbox.x2 <= 350
+
+
+class ByWidth:
+    """A stand-in classifier for geometry tests: a crop at least half as wide as tall reads
+    "4", a narrow one (a bar or a fragment) "1"; both confidently."""
+
+    labels = "0123456789"
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        p = np.full((len(crops), 10), 0.005, np.float32)
+        for i, c in enumerate(crops):
+            cols = np.nonzero(c.max(axis=0) > 0.3)[0]
+            rows = np.nonzero(c.max(axis=1) > 0.3)[0]
+            wide = cols.size and rows.size and np.ptp(cols) >= 0.5 * np.ptp(rows)
+            p[i, 4 if wide else 1] = 0.95
+        return p
+
+
+def test_fragment_in_a_free_box_is_dropped_or_merged() -> None:
+    page = _blank()
+    cv2.rectangle(page, (300, 150), (560, 220), 20, 2)
+    for x in (320, 380, 440):  # three wide characters
+        cv2.rectangle(page, (x, 165), (x + 34, 205), 20, 4)
+    # A broken-off bit 14 px right of the first character: small against the 40 px
+    # characters, and too far from it for an ordinary merge.
+    cv2.line(page, (368, 190), (368, 204), 20, 3)
+    res = forms.read_fields(page, classifiers={"digits": ByWidth()})  # type: ignore[dict-item]
+    (box,) = res.fields
+    assert box.value == "444", "the fragment was read as a character"
+    assert box.needs_review, "dropping a fragment costs confidence"
 
 
 def test_field_boxes_map_back_to_the_skewed_page() -> None:

@@ -87,6 +87,24 @@ def test_lattice_chooses_segmentation_to_fit_length() -> None:
     assert d.value == "4" and d.fits and d.edges == (2,)
 
 
+def test_blank_edge_drops_a_fragment_to_fit_length() -> None:
+    # "1", a fragment that reads as a confident "1", then "2": three characters unless the
+    # fragment is read as nothing, which a length of 2 asks for.
+    one = _rows({"1": 0.9})[0]
+    two = _rows({"2": 0.9})[0]
+    edges = [Edge(0, 1, one), Edge(1, 2, one * 0.5), Edge(2, 3, two)]
+    edges.append(Edge(1, 2, np.zeros(0, np.float32), blank=0.4))
+    assert decode_lattice(4, edges, DIGITS, Constraint()).value == "112"
+    d = decode_lattice(4, edges, DIGITS, Constraint(length=2))
+    assert d.value == "12" and d.fits
+    assert d.edges == (0, 2), "the blank edge is no character of the value"
+    assert d.char_probs == pytest.approx((0.9, 0.9), rel=1e-4)
+    assert d.confidence == pytest.approx(0.9 * 0.4 * 0.9, rel=1e-4), "the blank's cost counts"
+    # A more probable blank wins without any length.
+    edges[-1] = Edge(1, 2, np.zeros(0, np.float32), blank=0.6)
+    assert decode_lattice(4, edges, DIGITS, Constraint()).value == "12"
+
+
 def test_constraint_validation() -> None:
     with pytest.raises(ValueError):
         Constraint(charset="hex")
