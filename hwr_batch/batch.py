@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import re
+import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -37,7 +40,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hwr_batch import defaults, export, storage
-from hwr_batch.errors import BadArguments, HwrError, UnreadableInput, UnsupportedInput
+from hwr_batch.errors import (
+    BadArguments,
+    HwrError,
+    PageTimeout,
+    UnreadableInput,
+    UnsupportedInput,
+)
 from hwr_batch.executors import Executor, WorkerCrashed, create_executor
 from hwr_batch.load import SUFFIXES
 from hwr_batch.progress import NullProgress, Progress
@@ -99,6 +108,8 @@ class ReadOptions:
     overlay: bool = False
     forms: bool = False
     template: str | None = None
+    #: Seconds a page may take; None: no limit.
+    page_timeout: float | None = defaults.PAGE_TIMEOUT_S
 
     @property
     def model_ref(self) -> str:
@@ -200,6 +211,44 @@ def page_paths(stem: str) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`PageTimeout` in the block after ``seconds``; stop the worker at twice that.
+
+    The soft limit is a SIGALRM whose handler raises, which Python delivers as soon as control
+    returns from native code (OpenCV and onnxruntime calls on one page take milliseconds). A page
+    stuck inside one native call never returns, so in a worker process a watchdog thread ends the
+    process at ``PAGE_TIMEOUT_HARD_FACTOR`` times the limit; the batch then replaces the worker
+    and records the page. Signals reach only the main thread: tasks that run in threads (Dask
+    workers) get no limit.
+    """
+    if (
+        not seconds
+        or threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "setitimer")
+    ):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise PageTimeout(f"took longer than {seconds:g} s (--page-timeout); skipped")
+
+    watchdog: threading.Timer | None = None
+    if multiprocessing.parent_process() is not None:
+        watchdog = threading.Timer(seconds * defaults.PAGE_TIMEOUT_HARD_FACTOR, os._exit, (70,))
+        watchdog.daemon = True
+        watchdog.start()
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if watchdog is not None:
+            watchdog.cancel()
+
+
 def read_page_task(task: PageTask) -> PageDone | TaskFailed:
     """Worker task: read one page and write its files (JSON last); return a small record."""
     t0 = time.perf_counter()
@@ -216,19 +265,21 @@ def read_page_task(task: PageTask) -> PageDone | TaskFailed:
         local_json = storage.to_local(paths["json"])
         if local_json is not None:
             local_json.unlink(missing_ok=True)
-        loaded = load_page(task.source, task.page, dpi=opts.dpi, max_pixels=opts.max_pixels)
         clf = load_classifier(opts.model_ref, threads=1)
-        result = read_page(
-            loaded.gray,
-            # The JSON's "charset" names the model that read the page.
-            opts.charset if opts.model is None else clf.name,
-            page=task.page,
-            source=task.source,
-            classifier=clf,
-            dpi=opts.dpi,
-            forms=opts.forms,
-            template=opts.template,
-        )
+        # Reading only: the writes below are short and atomic, and are not cut off half way.
+        with _time_limit(opts.page_timeout):
+            loaded = load_page(task.source, task.page, dpi=opts.dpi, max_pixels=opts.max_pixels)
+            result = read_page(
+                loaded.gray,
+                # The JSON's "charset" names the model that read the page.
+                opts.charset if opts.model is None else clf.name,
+                page=task.page,
+                source=task.source,
+                classifier=clf,
+                dpi=opts.dpi,
+                forms=opts.forms,
+                template=opts.template,
+            )
         export.write_page_csv(result, paths["csv"])
         if opts.overlay:
             export.write_overlay(loaded.gray, result, paths["overlay"], opts.min_confidence)
@@ -683,7 +734,7 @@ def _drive(
                         "WorkerCrashed",
                         "the worker process died while reading this "
                         + ("page" if page else "file")
-                        + " (crash, out of memory or killed)",
+                        + " (crash, out of memory, killed, or stuck past --page-timeout)",
                     )
                 else:
                     suspects.append(item)

@@ -83,6 +83,16 @@ def _confidence(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The batch command's parser (sub-commands have their own)."""
     parser = _Parser(
@@ -158,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on Dask (pip install 'hwr-batch[dask]'): a scheduler address tcp://HOST:8786, "
         "or local[:N] for a cluster of N worker processes here (docs/scale-out.md)",
     )
+    run.add_argument(
+        "--page-timeout",
+        type=_seconds,
+        default=defaults.PAGE_TIMEOUT_S,
+        metavar="S",
+        help="give up on a page after S seconds: an errors.csv row, the batch goes on "
+        f"(default: {defaults.PAGE_TIMEOUT_S:g}; 0: no limit; local workers only, not Dask)",
+    )
     talk = run.add_mutually_exclusive_group()
     talk.add_argument(
         "-v", "--verbose", action="store_true", help="tracebacks and per-file details"
@@ -182,6 +200,7 @@ def run_batch_command(argv: Sequence[str]) -> int:
         overlay=args.overlay,
         forms=args.forms or args.template is not None,
         template=args.template,
+        page_timeout=args.page_timeout or None,
     )
     if args.template is not None:
         from hwr_batch.template import load_template

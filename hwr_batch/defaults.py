@@ -20,6 +20,14 @@ PDF_DPI = 300
 #: about 70 Mpx; 120 Mpx leaves room for large formats without letting a 1 Gpx bomb through.
 MAX_PIXELS = 120_000_000
 
+#: Per-page time limit of the batch, seconds. A 300 dpi page reads in well under a second and a
+#: page at MAX_PIXELS in about a minute; a page still running after this is stuck (a
+#: pathological file), and the batch records it in errors.csv and goes on.
+PAGE_TIMEOUT_S = 300.0
+#: A page that ignores the limit (stuck inside native code, where Python cannot interrupt it)
+#: ends its worker process after this many times the limit; the batch replaces the worker.
+PAGE_TIMEOUT_HARD_FACTOR = 2.0
+
 #: Characters under this confidence go to review.csv.
 MIN_CONFIDENCE = 0.80
 #: Alternatives kept per character.

@@ -64,6 +64,10 @@ class TooLarge(InputError):
     """A page over the pixel limit (decompression-bomb guard)."""
 
 
+class PageTimeout(InputError):
+    """A page that took longer than the batch's per-page time limit."""
+
+
 class DataError(HwrError):
     """Training data that does not match its format; the message names file and record."""
 

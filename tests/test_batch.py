@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -298,16 +300,30 @@ def _die(task: batch.PageTask) -> None:
     os._exit(9)  # a worker killed mid-page: no exception, no result, the process is gone
 
 
-class CrashingExecutor(LocalPoolExecutor):
-    """Runs one chosen page in a function that kills its worker process."""
+def _stuck(task: batch.PageTask) -> None:
+    # A page stuck inside native code: the time limit's SIGALRM cannot reach Python here.
+    with batch._time_limit(task.options.page_timeout):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(60)
 
-    def __init__(self, workers: int, poison: tuple[str, int], options: batch.ReadOptions):
+
+class CrashingExecutor(LocalPoolExecutor):
+    """Runs one chosen page in a function that kills its worker process (or hangs it)."""
+
+    def __init__(
+        self,
+        workers: int,
+        poison: tuple[str, int],
+        options: batch.ReadOptions,
+        fn: Any = _die,
+    ):
         super().__init__(workers, batch.prepare_worker, options)
         self.poison = poison
+        self.poison_fn = fn
 
     def submit(self, fn: Any, arg: Any, key: Any) -> None:
         if isinstance(arg, batch.PageTask) and (Path(arg.source).name, arg.page) == self.poison:
-            fn = _die
+            fn = self.poison_fn
         super().submit(fn, arg, key)
 
 
@@ -329,6 +345,47 @@ def test_worker_crash_is_recorded_and_batch_completes(tmp_path: Path, model: str
         ("doc.pdf", "2", "WorkerCrashed")
     ]
     assert len(page_jsons(out)) == 7
+
+
+def test_page_over_the_time_limit_is_an_error_row_and_rerun_reads_it(
+    tmp_path: Path, model: str
+) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        save_png(src / f"p{i}.png", 20 + i)
+    # 0.1 ms: loading and reading any page takes longer.
+    report = batch.run_batch([str(src)], str(out), _opts(model, page_timeout=1e-4), jobs=2)
+    assert (report.pages_read, report.pages_failed) == (0, 3)
+    errors = read_csv(out / "errors.csv")
+    assert {r["error_type"] for r in errors} == {"PageTimeout"}
+    assert errors[0]["reason"] == "took longer than 0.0001 s (--page-timeout); skipped"
+    assert page_jsons(out) == []
+    report = batch.run_batch([str(src)], str(out), _opts(model), jobs=2)
+    assert (report.pages_read, report.pages_failed) == (3, 0)
+    assert read_csv(out / "errors.csv") == []
+
+
+def test_page_stuck_in_native_code_ends_its_worker_and_batch_completes(
+    tmp_path: Path, model: str
+) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        save_png(src / f"p{i}.png", 30 + i)
+    opts = _opts(model, page_timeout=0.3)
+    ex = CrashingExecutor(2, ("p1.png", 1), opts, fn=_stuck)
+    t0 = time.monotonic()
+    try:
+        report = batch.run_batch([str(src)], str(out), opts, executor=ex)
+    finally:
+        ex.close()
+    # Ended at twice the limit, once in the pool and once alone, not after the 60 s sleep.
+    assert time.monotonic() - t0 < 30
+    assert (report.pages_read, report.pages_failed) == (2, 1)
+    errors = read_csv(out / "errors.csv")
+    assert [(r["file"], r["error_type"]) for r in errors] == [
+        (str(src / "p1.png"), "WorkerCrashed")
+    ]
+    assert "--page-timeout" in errors[0]["reason"]
 
 
 def _square(x: int) -> int:

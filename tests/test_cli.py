@@ -48,6 +48,8 @@ def _one_error_line(err: str) -> str:
         ["in", "-o", "out", "--jobs", "0"],
         ["in", "-o", "out", "--min-confidence", "1.5"],
         ["in", "-o", "out", "--charset", "greek"],
+        ["in", "-o", "out", "--page-timeout", "-1"],
+        ["in", "-o", "out", "--page-timeout", "soon"],
         ["in", "-o", "out", "-v", "-q"],
     ],
 )
