@@ -73,24 +73,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _confidence(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+def _number_in(low: float, high: float, says: str) -> Callable[[str], float]:
+    """An argparse type: a float in [low, high]; ``says`` names the range in the error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {says}, got {text}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, got {text}")
-    return value
+_confidence = _number_in(0.0, 1.0, "between 0 and 1")
+# Finite: an infinite limit is "no limit", which is 0.
+_seconds = _number_in(0.0, sys.float_info.max, "0 or a positive number of seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
