@@ -206,6 +206,29 @@ def load_classifier(
     return _load(str(model_path(name_or_path)), threads)
 
 
+def verifier_path() -> Path:
+    """Where the bundled single-character verifier lives (it may be absent)."""
+    return Path(str(resources.files("hwr_batch") / "models" / f"{defaults.VERIFIER_MODEL}.onnx"))
+
+
+def load_verifier(
+    path: str | os.PathLike[str] | None = None, threads: int | None = None
+) -> Classifier:
+    """Load the single-character verifier (default: the bundled one).
+
+    It is a two-output model on the classifiers' input ((N, 28, 28) white ink on black):
+    ``predict_proba(crops)[:, 1]`` is P(the crop is exactly one whole character). Raises
+    ModelError if the file is missing or is not a verifier (metadata ``task``).
+    """
+    p = Path(path) if path is not None else verifier_path()
+    if not p.is_file():
+        raise ModelError(f"{p}: verifier model file not found")
+    clf = _load(str(p), threads)
+    if clf.metadata.get("task") != defaults.VERIFIER_TASK or len(clf.labels) != 2:
+        raise ModelError(f"{p}: not a single-character verifier (metadata 'task')")
+    return clf
+
+
 def model_card(clf: Classifier) -> dict[str, Any]:
     """The model's metadata with JSON-valued entries decoded."""
     card: dict[str, Any] = {}
