@@ -223,10 +223,23 @@ def load_verifier(
     p = Path(path) if path is not None else verifier_path()
     if not p.is_file():
         raise ModelError(f"{p}: verifier model file not found")
-    clf = _load(str(p), threads)
-    if clf.metadata.get("task") != defaults.VERIFIER_TASK or len(clf.labels) != 2:
-        raise ModelError(f"{p}: not a single-character verifier (metadata 'task')")
-    return clf
+    return _load_verifier(str(p), threads)
+
+
+@lru_cache(maxsize=2)
+def _load_verifier(path: str, threads: int | None) -> Classifier:
+    # Cached apart from the character models: a worker's model cache holds what it reads with.
+    sess = _session(path, threads)
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    if meta.get("task") != defaults.VERIFIER_TASK or len(meta.get("labels", "")) != 2:
+        raise ModelError(f"{path}: not a single-character verifier (metadata 'task')")
+    return Classifier(
+        path=path,
+        labels=meta["labels"],
+        metadata=meta,
+        _session=sess,
+        _input_name=sess.get_inputs()[0].name,
+    )
 
 
 def model_card(clf: Classifier) -> dict[str, Any]:
