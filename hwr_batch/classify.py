@@ -217,8 +217,9 @@ def load_verifier(
     """Load the single-character verifier (default: the bundled one).
 
     It is a two-output model on the classifiers' input ((N, 28, 28) white ink on black):
-    ``predict_proba(crops)[:, 1]`` is P(the crop is exactly one whole character). Raises
-    ModelError if the file is missing or is not a verifier (metadata ``task``).
+    ``predict_proba(crops)[:, 1]`` is P(the crop is exactly one whole character). Like a
+    character model it may have an int8 companion (``verifier.int8.onnx``). Raises ModelError
+    if the file is missing or is not a verifier (metadata ``task``).
     """
     p = Path(path) if path is not None else verifier_path()
     if not p.is_file():
@@ -233,13 +234,17 @@ def _load_verifier(path: str, threads: int | None) -> Classifier:
     meta = dict(sess.get_modelmeta().custom_metadata_map)
     if meta.get("task") != defaults.VERIFIER_TASK or len(meta.get("labels", "")) != 2:
         raise ModelError(f"{path}: not a single-character verifier (metadata 'task')")
-    return Classifier(
+    ver = Classifier(
         path=path,
         labels=meta["labels"],
         metadata=meta,
         _session=sess,
         _input_name=sess.get_inputs()[0].name,
     )
+    fast = _fast_companion(path, threads)
+    if fast is not None:
+        ver.fast, ver.recheck_below = fast
+    return ver
 
 
 def model_card(clf: Classifier) -> dict[str, Any]:

@@ -97,6 +97,9 @@ def test_train_export_load_and_resume(tmp_path: Path) -> None:
     ver = load_verifier(cfg.output, threads=1)
     assert ver.metadata["task"] == "single-character verifier"
     assert json.loads(ver.metadata["outputs"])[1] == "one_character"
+    # The int8 companion made from the same file is what the reader runs.
+    assert ver.fast is not None and ver.recheck_below == 0.0
+    assert 0.0 <= metrics["test_int8"]["accuracy"] <= 1.0
     p = ver.predict_proba(np.random.default_rng(0).random((5, 28, 28), np.float32))
     assert p.shape == (5, 2) and np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
     # A second run with the same config reuses the data and the finished checkpoint.

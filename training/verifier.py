@@ -54,6 +54,8 @@ PURE = 0.9
 WHOLE = 0.85
 MIXED = 0.75
 FRAGMENT = 0.6
+#: Training candidates that calibrate the int8 companion's activation ranges.
+CALIBRATION_CANDIDATES = 2048
 #: Output order of the exported model: index 1 is P(one character).
 OUTPUTS = ("not_one_character", "one_character")
 TASK = "single-character verifier"
@@ -311,6 +313,16 @@ def _predict(model: nn.Module, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def _predict_onnx(path: str | Path, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = images.astype(np.float32)[:, None] / 255.0
+    name = sess.get_inputs()[0].name
+    parts = [sess.run(None, {name: x[i : i + 1024]})[0][:, 1] for i in range(0, len(x), 1024)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
 def train_verifier(
     cfg: VerifierConfig,
     load: Callable[[str, str], LabeledImages] = _split_data,
@@ -421,6 +433,26 @@ def train_verifier(
     )
     g = torch.Generator().manual_seed(0)
     export_onnx(model, cfg.output, meta, torch.rand(64, 1, 28, 28, generator=g))
+    # The int8 companion the reader runs (half the float model's time a crop on one core); it is
+    # never rechecked by the float model (recheck_below 0), so its figures are reported too.
+    from hwr_batch.classify import int8_companion
+    from training.export import quantize_int8
+
+    rng = np.random.default_rng(cfg.seed)
+    # Whole batches of 256 (what quantize_int8 feeds): the percentile calibrator cannot stack
+    # a short last batch with the others.
+    n_cal = min(len(train), CALIBRATION_CANDIDATES)
+    n_cal = n_cal // 256 * 256 or n_cal
+    calibration = train.images[rng.permutation(len(train))[:n_cal]]
+    companion = int8_companion(cfg.output)
+    quantize_int8(
+        cfg.output,
+        companion,
+        calibration,
+        0.0,
+        calibration_source=f"{len(calibration)} training candidates of hwr-train verifier",
+    )
+    metrics["test_int8"] = figures(_predict_onnx(companion, test.images), test)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     log(f"wrote {cfg.output}: {json.dumps(metrics['test'], sort_keys=True)}")
     return metrics
