@@ -206,6 +206,47 @@ def load_classifier(
     return _load(str(model_path(name_or_path)), threads)
 
 
+def verifier_path() -> Path:
+    """Where the bundled single-character verifier lives (it may be absent)."""
+    return Path(str(resources.files("hwr_batch") / "models" / f"{defaults.VERIFIER_MODEL}.onnx"))
+
+
+def load_verifier(
+    path: str | os.PathLike[str] | None = None, threads: int | None = None
+) -> Classifier:
+    """Load the single-character verifier (default: the bundled one).
+
+    It is a two-output model on the classifiers' input ((N, 28, 28) white ink on black):
+    ``predict_proba(crops)[:, 1]`` is P(the crop is exactly one whole character). Like a
+    character model it may have an int8 companion (``verifier.int8.onnx``). Raises ModelError
+    if the file is missing or is not a verifier (metadata ``task``).
+    """
+    p = Path(path) if path is not None else verifier_path()
+    if not p.is_file():
+        raise ModelError(f"{p}: verifier model file not found")
+    return _load_verifier(str(p), threads)
+
+
+@lru_cache(maxsize=2)
+def _load_verifier(path: str, threads: int | None) -> Classifier:
+    # Cached apart from the character models: a worker's model cache holds what it reads with.
+    sess = _session(path, threads)
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    if meta.get("task") != defaults.VERIFIER_TASK or len(meta.get("labels", "")) != 2:
+        raise ModelError(f"{path}: not a single-character verifier (metadata 'task')")
+    ver = Classifier(
+        path=path,
+        labels=meta["labels"],
+        metadata=meta,
+        _session=sess,
+        _input_name=sess.get_inputs()[0].name,
+    )
+    fast = _fast_companion(path, threads)
+    if fast is not None:
+        ver.fast, ver.recheck_below = fast
+    return ver
+
+
 def model_card(clf: Classifier) -> dict[str, Any]:
     """The model's metadata with JSON-valued entries decoded."""
     card: dict[str, Any] = {}

@@ -235,6 +235,29 @@ SPLIT_PENALTY_MANY = 0.3
 #: 150 / 152 / 169 of 5,400 against 149; 1.2 keeps digits as they were.
 MERGE_BESIDE_WIDTH_FACTOR = 1.2
 MERGE_BESIDE_MIN_SURE = 20
+#: The split search also asks a single-character verifier (``hwr_batch/models/verifier.onnx``,
+#: built by ``hwr-train verifier``): P(the crop is exactly one whole character). A character
+#: classifier reads a touching "91" as a 9 at 0.97 and half an M as an N, so its confidence
+#: alone cannot prefer the right split. Set this environment variable to 0 to read without it.
+VERIFIER_ENV = "HWR_SPLIT_VERIFIER"
+#: Bundled verifier model name and the ``task`` its metadata must state.
+VERIFIER_MODEL = "verifier"
+VERIFIER_TASK = "single-character verifier"
+#: Weight of the verifier's cost -log(P(one) / 0.5) in a split candidate's cost (the
+#: classifier's -log confidence has weight 1). On 12 generated pages each of seeds 5 / 6
+#: (character errors of 3,600; without the verifier: digits 121 / 104, letters 322 / 314),
+#: 1.0 gave digits 103 / 85 and letters 285 / 272, 0.5 gave 99 / 83 and 275 / 252.
+VERIFY_WEIGHT = 0.5
+#: ... with P(one) floored here, so one verifier doubt cannot outweigh everything else.
+VERIFY_FLOOR = 1e-3
+#: A wide group read at SPLIT_CONFIDENT is searched for splits when the verifier's P(one) of it
+#: is under this. Digits seed 5 (weight 0.5): 0.2 / 0.5 / 0.7 gave 102 / 99 / 99 errors; 0.7 the
+#: same on the other pages within 2 errors, for more crops searched.
+VERIFY_SEARCH_BELOW = 0.5
+#: Weight of the verifier's cost in the side-by-side merge (see MERGE_BESIDE_BONUS); 0 leaves
+#: that merge to the classifier alone. 0.5 changed the pages above by 0 / 0 (digits) and -2 / 0
+#: (letters) errors, within noise, for verifier calls on every merge candidate: off.
+MERGE_VERIFY_WEIGHT = 0.0
 
 # --- Classifier speed (int8 companions) -------------------------------------------------------
 

@@ -9,7 +9,11 @@
 4. groups wider than one character are split by recognition: candidate cuts come from the
    column profile and the upper and lower contours, every candidate piece is scored by the
    classifier in one batch, and the cheapest path through the cuts (sum of -log confidence plus
-   a penalty per extra piece) wins; so "000" written in one stroke becomes three zeros;
+   a penalty per extra piece) wins; so "000" written in one stroke becomes three zeros. A
+   single-character verifier (P(exactly one whole character), see ``hwr-train verifier``)
+   adds -log P(one) to each piece's cost and sends wide groups the classifier reads
+   confidently but the verifier doubts to the search, so a touching "91" read as a 9 loses to
+   a 9 and a 1, and half a character loses to the whole;
 5. each character is cut from the deskewed gray page with only its own ink (neighbours blanked)
    and normalised with :func:`hwr_batch.normalize.normalize`.
 
@@ -18,14 +22,18 @@ Boxes are on the deskewed canvas of :class:`~hwr_batch.preprocess.Preprocessed`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from hwr_batch import defaults
+from hwr_batch.errors import ModelError
 from hwr_batch.normalize import normalize
 from hwr_batch.preprocess import Preprocessed
 
@@ -278,10 +286,31 @@ def _piece(
     return sub, (c0, r0, c1 - c0, r1 - r0)
 
 
+@lru_cache(maxsize=1)
+def _bundled_verifier() -> Scorer | None:
+    try:
+        from hwr_batch.classify import load_verifier
+
+        return load_verifier().predict_proba
+    except ModelError:
+        return None
+
+
+def _resolve_verifier(verifier: Scorer | bool) -> Scorer | None:
+    if verifier is False:
+        return None
+    if verifier is True:
+        if os.environ.get(defaults.VERIFIER_ENV, "1") == "0":
+            return None
+        return _bundled_verifier()
+    return verifier
+
+
 def segment(
     prep: Preprocessed,
     scorer: Scorer | None = None,
     region: tuple[int, int, int, int] | None = None,
+    verifier: Scorer | bool = True,
 ) -> Segmentation:
     """Find the characters of a preprocessed page.
 
@@ -289,7 +318,11 @@ def segment(
     through touching characters; without it wide groups are cut evenly by their width.
     region: (x, y, w, h) on the deskewed canvas; only components whose centre lies inside are
     read (form fields).
+    verifier: with a scorer, the single-character verifier used by the split search: True for
+    the bundled one (if present and not turned off with VERIFIER_ENV=0), False for none, or a
+    callable (N, 28, 28) -> (N, 2) whose column 1 is P(one whole character).
     """
+    verify = _resolve_verifier(verifier) if scorer is not None else None
     th = prep.text_height
     seg = Segmentation(chars=[], text_height=th)
     if th <= 0 or not prep.ink.any():
@@ -366,25 +399,41 @@ def segment(
     if scorer is not None and groups:
         # The page's one batched classification; the split search below only scores pieces.
         probas = list(scorer(np.stack(images)))
-        merged = _merge_beside(groups, crops, images, probas, gray, label_img, ink, th, scorer)
+        merged = _merge_beside(
+            groups, crops, images, probas, gray, label_img, ink, th, scorer, verify
+        )
         groups, crops, images, probas, n_beside = merged
         seg.n_merged += n_beside
     wide: list[_Wide] = []
+    # Wide groups read confidently as one character: searched only if the verifier doubts them.
+    doubtful: list[tuple[_Group, _Crop, npt.NDArray[np.float32], _Proba]] = []
     for g, (crop, own), image, proba in zip(groups, crops, images, probas, strict=True):
         aspect = g.w / max(g.h, 1)
-        if g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th) and not (
-            proba is not None
-            and float(proba.max()) >= defaults.SPLIT_CONFIDENT
-            and aspect <= defaults.SPLIT_ALWAYS_ASPECT
-        ):
-            cuts = _cut_candidates(own, th)
-            if cuts:
-                wide.append(_Wide(g, crop, own, cuts, image, proba))
+        if g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th):
+            if not (
+                proba is not None
+                and float(proba.max()) >= defaults.SPLIT_CONFIDENT
+                and aspect <= defaults.SPLIT_ALWAYS_ASPECT
+            ):
+                cuts = _cut_candidates(own, th)
+                if cuts:
+                    wide.append(_Wide(g, crop, own, cuts, image, proba))
+                    continue
+            elif verify is not None:
+                doubtful.append((g, (crop, own), image, proba))
                 continue
         seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), image, proba))
+    if doubtful and verify is not None:
+        p_one = verify(np.stack([d[2] for d in doubtful]))[:, 1]
+        for (g, (crop, own), image, proba), p in zip(doubtful, p_one.tolist(), strict=True):
+            cuts = _cut_candidates(own, th) if p < defaults.VERIFY_SEARCH_BELOW else []
+            if cuts:
+                wide.append(_Wide(g, crop, own, cuts, image, proba, p))
+            else:
+                seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), image, proba))
 
     if wide:
-        _split_wide(wide, th, scorer, seg)
+        _split_wide(wide, th, scorer, seg, verify)
     return seg
 
 
@@ -420,6 +469,8 @@ class _Wide:
     cuts: list[Cut]
     image: npt.NDArray[np.float32]
     proba: npt.NDArray[np.float32] | None
+    #: The verifier's P(one character) of the whole group, when already asked.
+    p_one: float | None = None
 
 
 _Crop = tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]
@@ -436,6 +487,7 @@ def _merge_beside(
     ink: npt.NDArray[np.bool_],
     th: float,
     scorer: Scorer,
+    verify: Scorer | None = None,
 ) -> tuple[list[_Group], list[_Crop], list[npt.NDArray[np.float32]], list[_Proba], int]:
     """Merge neighbours side by side when the classifier reads them better as one.
 
@@ -443,7 +495,9 @@ def _merge_beside(
     hair-line gap, exactly like a narrow character (a 1) next to another. Geometry cannot tell
     them apart; the classifier can: the pair merges when -log p(merged) is lower than
     -log p(left) - log p(right) + MERGE_BESIDE_BONUS. The pieces' probabilities come from the
-    page's batch; the unions are scored in one more call.
+    page's batch; the unions are scored in one more call. With ``verify``, each side's cost
+    also has MERGE_VERIFY_WEIGHT * -log(P(one character) / 0.5): the halves of a broken
+    character are not one, their union is.
     """
     same = (groups, crops, images, probas, 0)
     if len(groups) < 2:
@@ -499,6 +553,16 @@ def _merge_beside(
         cost(probas[i]) + cost(probas[j]) + defaults.MERGE_BESIDE_BONUS - cost(merged_proba[k])
         for k, (i, j) in enumerate(zip(ii.tolist(), jj.tolist(), strict=True))
     ]
+    if verify is not None and defaults.MERGE_VERIFY_WEIGHT > 0:
+        sides = sorted(set(ii.tolist()) | set(jj.tolist()))
+        p_one = verify(np.stack([images[k] for k in sides] + merged_images))[:, 1]
+        doubt = _doubt(p_one, defaults.MERGE_VERIFY_WEIGHT)
+        side_doubt = dict(zip(sides, doubt[: len(sides)].tolist(), strict=True))
+        merged_doubt = doubt[len(sides) :]
+        gain = [
+            gn + side_doubt[i] + side_doubt[j] - float(merged_doubt[k])
+            for k, (gn, i, j) in enumerate(zip(gain, ii.tolist(), jj.tolist(), strict=True))
+        ]
     taken: set[int] = set()
     replace: dict[int, int] = {}
     for best in np.argsort(gain)[::-1]:
@@ -531,11 +595,29 @@ def _merge_beside(
     return out[0], out[1], out[2], out[3], len(replace)
 
 
-def _split_wide(wide: Sequence[_Wide], th: float, scorer: Scorer | None, seg: Segmentation) -> None:
+def _doubt(p_one: npt.NDArray[np.float32] | npt.NDArray[np.float64], weight: float) -> Any:
+    """Cost (nats) of the verifier's P(one character) of each candidate: -weight * log(p / 0.5).
+
+    The verifier is trained with both answers equally likely, so 0.5 is "no opinion" and costs
+    nothing: a plain -log p would charge every extra piece log 2 even when the verifier cannot
+    tell, which is the split penalty's job. Floored at VERIFY_FLOOR.
+    """
+    p = np.clip(np.asarray(p_one, np.float64), defaults.VERIFY_FLOOR, 1.0)
+    return -weight * np.log(p / 0.5)
+
+
+def _split_wide(
+    wide: Sequence[_Wide],
+    th: float,
+    scorer: Scorer | None,
+    seg: Segmentation,
+    verify: Scorer | None = None,
+) -> None:
     """Choose cuts for every wide group; the pieces of all groups are scored in one call.
 
     The whole group is always a candidate (its probabilities come from the page's batch), so
-    a wide single character stays whole when no split reads better.
+    a wide single character stays whole when no split reads better. With ``verify``, each
+    candidate (whole groups included) also costs VERIFY_WEIGHT * -log(P(one character) / 0.5).
     """
     min_w = defaults.SPLIT_MIN_PIECE * th
     max_w = defaults.SPLIT_MAX_PIECE * th
@@ -577,6 +659,16 @@ def _split_wide(wide: Sequence[_Wide], th: float, scorer: Scorer | None, seg: Se
             if proba.shape[1] == 0:
                 proba = np.zeros((len(pieces), len(whole)), np.float32)
             proba[k] = whole
+    verify_cost = np.zeros(len(pieces))
+    if verify is not None and proba is not None and pieces:
+        p_one = np.ones(len(pieces))
+        known = {wholes[gi]: wd.p_one for gi, wd in enumerate(wide) if wd.p_one is not None}
+        ask = [k for k in range(len(pieces)) if k not in known]
+        if ask:
+            p_one[ask] = verify(np.stack([images[k] for k in ask]))[:, 1]
+        for k, p in known.items():
+            p_one[k] = p
+        verify_cost = _doubt(p_one, defaults.VERIFY_WEIGHT)
     # Letters models (26 or more classes) read a slice of a wide letter (an m, a w) as another
     # letter (n, v) more readily than the digit model reads a slice of a digit: each extra
     # piece must buy more confidence.
@@ -603,7 +695,7 @@ def _split_wide(wide: Sequence[_Wide], th: float, scorer: Scorer | None, seg: Se
                     # No classifier: prefer pieces about one character wide.
                     c = abs(pw / th - defaults.SPLIT_CHAR_WIDTH)
                 else:
-                    c = float(-np.log(np.clip(proba[k].max(), 1e-6, 1.0)))
+                    c = float(-np.log(np.clip(proba[k].max(), 1e-6, 1.0))) + verify_cost[k]
                 c += penalty if i > 0 else 0.0
                 # A piece much shorter than its group is a slice of a character, not one.
                 c += defaults.SPLIT_SHORT_COST * max(0.0, defaults.SPLIT_MIN_HEIGHT - ph / g.h)

@@ -211,3 +211,45 @@ def test_cut_candidates_lean_with_the_characters() -> None:
     n_left = int((left[0] < 128).sum())
     n_right = int((right[0] < 128).sum())
     assert n_left + n_right == int(mask.sum())
+
+
+def test_verifier_is_asked_only_where_segmentation_has_choices(digits: Classifier) -> None:
+    """Separate characters never reach the verifier; the pieces of a wide group all do."""
+    asked: list[int] = []
+
+    def verifier(x: np.ndarray) -> np.ndarray:
+        asked.append(len(x))
+        return np.tile(np.array([[0.5, 0.5]], np.float32), (len(x), 1))
+
+    seg = segment(preprocess(page_with(lambda ink: None)), digits.predict_proba, verifier=verifier)
+    assert len(seg.chars) == 6 and asked == []
+
+    def chain(ink: np.ndarray) -> None:
+        for k in range(3):
+            ring(ink, 200 + 38 * k, 330)
+
+    seg = segment(preprocess(page_with(chain)), digits.predict_proba, verifier=verifier)
+    # A verifier without an opinion (P(one) = 0.5 everywhere) adds log 2 per piece: the three
+    # zeros of the chain still read best as three.
+    assert len(in_row(seg, 250, 400)) == 3
+    assert sum(asked) >= 3
+
+
+def test_verifier_doubt_makes_the_whole_lose(digits: Classifier) -> None:
+    """Every piece costs -log P(one): a verifier that accepts only the whole group keeps the
+    three touching zeros together, one that rejects it splits them (as the classifier does)."""
+
+    def chain(ink: np.ndarray) -> None:
+        for k in range(3):
+            ring(ink, 200 + 38 * k, 330)
+
+    prep = preprocess(page_with(chain))
+
+    def whole_only(x: np.ndarray) -> np.ndarray:
+        # The whole chain is the widest model input: its ink spans the 20-px box across.
+        ink_w = np.array([np.ptp(np.nonzero(im.max(axis=0) > 0.3)[0]) for im in x])
+        p = np.where(ink_w >= ink_w.max(), 0.999, 0.001).astype(np.float32)
+        return np.stack([1 - p, p], axis=1)
+
+    assert len(in_row(segment(prep, digits.predict_proba, verifier=whole_only), 250, 400)) == 1
+    assert len(in_row(segment(prep, digits.predict_proba, verifier=False), 250, 400)) == 3

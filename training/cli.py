@@ -117,6 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--worst", type=_positive_int, default=50, help="mistakes shown in mistakes.png")
     e.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
 
+    v = sub.add_parser(
+        "verifier",
+        help="build the single-character verifier (hwr_batch/models/verifier.onnx)",
+    )
+    v.add_argument("--out", default="runs/verifier", help="run folder: data, checkpoint, metrics")
+    v.add_argument("--output", default="hwr_batch/models/verifier.onnx", help="the .onnx to write")
+    v.add_argument(
+        "--sources",
+        default="digits,letters",
+        help="training splits (recipes of training.sources) the strips are drawn from",
+    )
+    v.add_argument("--strips", type=_positive_int, default=6000, help="strips per source")
+    v.add_argument(
+        "--test-strips", type=_positive_int, default=1500, help="held-out strips per source"
+    )
+    v.add_argument("--epochs", type=_positive_int, default=4)
+    v.add_argument("--batch-size", type=_positive_int, default=256)
+    v.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (OneCycle)")
+    v.add_argument("--widths", type=_widths, default=None, help="channels of the 3 stages")
+    v.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads")
+    v.add_argument("--seed", type=int, default=0)
+
     x = sub.add_parser("export", help="export the best weights of a checkpoint to ONNX")
     x.add_argument("checkpoint")
     x.add_argument("output", help="path of the .onnx to write")
@@ -197,6 +219,33 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_verifier(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.fit import command_line
+    from training.verifier import VERIFIER_WIDTHS, VerifierConfig, train_verifier
+
+    sources = tuple(s for s in args.sources.split(",") if s)
+    unknown = [s for s in sources if s not in LABEL_SETS]
+    if not sources or unknown:
+        raise BadArguments(f"--sources {args.sources}: expected recipes of {sorted(LABEL_SETS)}")
+    cfg = VerifierConfig(
+        out_dir=args.out,
+        output=args.output,
+        sources=sources,
+        strips=args.strips,
+        test_strips=args.test_strips,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        widths=args.widths or VERIFIER_WIDTHS,
+        seed=args.seed,
+        threads=args.threads,
+        command=command_line(argv),
+    )
+    metrics = train_verifier(cfg)
+    print(json.dumps({"model": cfg.output, **metrics["test"]}))
+    return 0
+
+
 def _run_export(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
@@ -231,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_evaluate(args)
         if args.command == "export":
             return _run_export(args, argv)
+        if args.command == "verifier":
+            return _run_verifier(args, argv)
         if args.command == "convert":
             from training.convert import run_convert
 
