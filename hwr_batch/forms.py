@@ -799,8 +799,11 @@ def _free_field_lattice(
                 continue
         groups.append([c])
 
+    # Character height: the median over pieces of at least FRAGMENT_SIZE of the tallest. With
+    # five characters, a 5 whose bar came loose and one more small piece pull the plain median
+    # down to a fragment's height; the 5's body and bar then look too wide to be one character.
     heights = [BBox.union(boxes[k] for k in g).h for g in groups]
-    char_h = float(np.median(heights))
+    char_h = float(np.median([h for h in heights if h >= FRAGMENT_SIZE * max(heights)]))
     edges: list[tuple[int, int, BBox, int]] = []
     node = 0
     singles: list[tuple[int, list[int], BBox]] = []  # unsplit groups: start node, comps, box

@@ -270,3 +270,18 @@ def test_reads_generated_forms_with_the_digit_model() -> None:
             total += 1
             right += f.value == t.value
     assert right / total >= 0.8
+
+
+def test_loose_bar_of_a_small_five_is_merged_without_a_known_length() -> None:
+    page = _blank()
+    cv2.rectangle(page, (300, 150), (560, 220), 20, 2)
+    for x in (310, 355, 400):  # three tall characters
+        cv2.rectangle(page, (x, 165), (x + 34, 205), 20, 4)
+    cv2.rectangle(page, (450, 183), (468, 205), 20, -1)  # a small character
+    # A small 5 whose bar came loose: the body, and the bar above it to the right. With two
+    # small pieces and the bar, a plain median height is no longer a character's height.
+    cv2.rectangle(page, (480, 187), (500, 205), 20, -1)
+    cv2.rectangle(page, (492, 174), (520, 180), 20, -1)
+    res = forms.read_fields(page, classifiers={"digits": ByWidth()})  # type: ignore[dict-item]
+    (box,) = res.fields
+    assert box.value == "44444", "the 5's body and bar were read as two characters"
