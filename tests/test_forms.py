@@ -11,6 +11,7 @@ import pytest
 from hwr_batch import forms
 from hwr_batch.classify import load_classifier, model_path
 from hwr_batch.errors import ModelError
+from hwr_batch.fieldvalue import Decoded
 from hwr_batch.records import BBox
 from training.formgen import load_mnist_test, make_layout, render_form
 
@@ -270,3 +271,33 @@ def test_reads_generated_forms_with_the_digit_model() -> None:
             total += 1
             right += f.value == t.value
     assert right / total >= 0.8
+
+
+def test_loose_bar_of_a_small_five_is_merged_without_a_known_length() -> None:
+    page = _blank()
+    cv2.rectangle(page, (300, 150), (560, 220), 20, 2)
+    for x in (310, 355, 400):  # three tall characters
+        cv2.rectangle(page, (x, 165), (x + 34, 205), 20, 4)
+    cv2.rectangle(page, (450, 183), (468, 205), 20, -1)  # a small character
+    # A small 5 whose bar came loose: the body, and the bar above it to the right. With two
+    # small pieces and the bar, a plain median height is no longer a character's height.
+    cv2.rectangle(page, (480, 187), (500, 205), 20, -1)
+    cv2.rectangle(page, (492, 174), (520, 180), 20, -1)
+    res = forms.read_fields(page, classifiers={"digits": ByWidth()})  # type: ignore[dict-item]
+    (box,) = res.fields
+    assert box.value == "44444", "the 5's body and bar were read as two characters"
+
+
+def test_a_view_reading_something_else_outright_sends_the_field_to_review() -> None:
+    spec = forms.FieldSpec("f", forms.FieldGeometry("box", BBox(0, 0, 100, 40), ()))
+    cand = forms._Candidate(spec)
+    box = BBox(5, 5, 20, 30)
+    # One character seen in three views: two read it as 7 surely, one as 1.
+    cand.edges = [(0, 1, box, 0), (0, 1, box, 1), (0, 1, box, 2)]
+    rows = np.full((3, 10), 0.005, np.float32)
+    rows[0, 7], rows[1, 7], rows[2, 1] = 0.96, 0.95, 0.96
+    probas = {i: (rows[i], "0123456789") for i in range(3)}
+    dec = Decoded("7", 0.96, (0.96,), (0,), True)
+    assert forms._views_disagree(cand, probas, dec)
+    rows[2, 7], rows[2, 1] = 0.5, 0.4  # the third view doubts, but does not say otherwise
+    assert not forms._views_disagree(cand, probas, dec)
