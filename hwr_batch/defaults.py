@@ -111,6 +111,10 @@ LINE_MIN_LENGTH_PX = 60
 #: Gap bridged across a removed line to restore a crossing stroke, in text heights: thicker
 #: than a ruled line (2-5 px at 300 dpi), thinner than the gap between two lines of text.
 LINE_BRIDGE_TEXT_HEIGHTS = 0.15
+#: Lines are looked for under a looser threshold than ink: this fraction of the way from the
+#: ink threshold to the paper level. A faint ruled line one pixel wide falls between two pixel
+#: rows wherever it steps down, and thresholds into dashes that no run of ink spans.
+LINE_LOOSE_THRESHOLD = 0.5
 
 #: Dask (--scheduler): worker deaths a task may cause before the scheduler fails it with
 #: KilledWorker (its ``allowed-failures``). One death can be bad luck (a node reclaimed, a
