@@ -252,6 +252,13 @@ VERIFIER_TASK = "single-character verifier"
 #: (character errors of 3,600; without the verifier: digits 121 / 104, letters 322 / 314),
 #: 1.0 gave digits 103 / 85 and letters 285 / 272, 0.5 gave 99 / 83 and 275 / 252.
 VERIFY_WEIGHT = 0.5
+#: ... times this for the pieces of a split (the whole group keeps VERIFY_WEIGHT). A piece cut
+#: from a pair that overlaps keeps a sliver of its neighbour, and the verifier doubts it even
+#: when the classifier reads it right ("16" cut into a 1 at 0.97 and a 6 at 0.94, verifier
+#: 0.76 and 0.01). 12 generated pages of each tuning seed, errors of 3,600 at 1 / 0.5 / 0.35:
+#: digits seeds 5, 6, 7: 88, 69, 75 / 85, 66, 70 / 86, 65, 70; letters seeds 5, 6, 7 at
+#: 1 / 0.5: 274, 245, 296 / 268, 242, 300; mixed seed 5: 361 / 364.
+VERIFY_PIECE_FACTOR = 0.5
 #: ... with P(one) floored here, so one verifier doubt cannot outweigh everything else.
 VERIFY_FLOOR = 1e-3
 #: A wide group read at SPLIT_CONFIDENT is searched for splits when the verifier's P(one) of it
