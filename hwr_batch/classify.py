@@ -12,7 +12,9 @@ A model may come with an int8 companion (``NAME.int8.onnx``, see ``defaults.INT8
 it classifies every crop, and crops whose best probability is under its ``recheck_below``
 metadata value are classified again by the float model, whose answer is kept. The value is
 chosen per model when it is quantised: the page reader's character error rate with the pair
-must not exceed the float model's (see the model cards).
+must not exceed the float model's (see the model cards). The page reader's split search
+compares its candidate pieces by the int8 answers alone (``predict_proba_fast``) and rechecks
+only the characters it keeps (``recheck``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,38 @@ class Classifier:
         proba = np.asarray(self._run(self.fast, x, batch_size), np.float32)
         unsure = np.flatnonzero(proba.max(axis=1) < self.recheck_below)
         if len(unsure):
+            proba[unsure] = self._run(self._session, x[unsure], batch_size)
+        return proba
+
+    def predict_proba_fast(
+        self, crops: npt.ArrayLike, batch_size: int = defaults.BATCH_SIZE
+    ) -> npt.NDArray[np.float32]:
+        """Class probabilities from the int8 companion alone (the float model without one).
+
+        For candidates that are only compared with each other (the pieces of the split
+        search); :meth:`recheck` then settles the characters that are kept.
+        """
+        x = self._as_input(crops)
+        if len(x) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        session = self._session if self.fast is None else self.fast
+        return np.asarray(self._run(session, x, batch_size), np.float32)
+
+    def recheck(
+        self,
+        crops: npt.ArrayLike,
+        proba: npt.NDArray[np.float32],
+        batch_size: int = defaults.BATCH_SIZE,
+    ) -> npt.NDArray[np.float32]:
+        """``proba`` from :meth:`predict_proba_fast` made equal to :meth:`predict_proba`'s.
+
+        Rows under ``recheck_below`` are scored again by the float model (in place).
+        """
+        if self.fast is None or len(proba) == 0:
+            return proba
+        unsure = np.flatnonzero(proba.max(axis=1) < self.recheck_below)
+        if len(unsure):
+            x = self._as_input(crops)
             proba[unsure] = self._run(self._session, x[unsure], batch_size)
         return proba
 

@@ -184,8 +184,12 @@ def classify_candidates(
     clf: Classifier,
     scale: int = 1,
     page_shape: tuple[int, int] | None = None,
+    fast: bool = False,
 ) -> list[Char]:
     """One batched classification of every character of a page -> Chars (page boxes).
+
+    fast: segmentation scored with :meth:`Classifier.predict_proba_fast`; its probabilities
+    are rechecked here.
 
     scale: the page was analysed at 1/scale; boxes are mapped back to the page of
     ``page_shape`` (H, W) (default: the analysed page), each analysed pixel covering a
@@ -203,6 +207,14 @@ def classify_candidates(
             proba[i] = c.proba
     if fresh is not None:
         proba[todo] = fresh
+    if fast:
+        # The search scored its candidates with the int8 model alone: the characters kept
+        # get the float model's answer where the int8 one is unsure, as any other crop does.
+        done = np.array([c.proba is not None for c in seg.chars])
+        idx = np.flatnonzero(done)
+        if len(idx):
+            images = np.stack([seg.chars[i].image for i in idx])
+            proba[idx] = clf.recheck(images, proba[idx])
     top = clf.topk(proba, defaults.TOP_K)
     boxes = prep.boxes_to_page(np.array([c.bbox for c in seg.chars], np.float64))
     if scale > 1:
@@ -253,11 +265,11 @@ def analyse_page(
             timings[f"preprocess.{k}"] = v
 
     t = time.perf_counter()
-    seg = segment(prep, scorer=clf.predict_proba)
+    seg = segment(prep, scorer=clf.predict_proba_fast)
     timings["segment"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chars = classify_candidates(seg, prep, clf, scale, page_shape)
+    chars = classify_candidates(seg, prep, clf, scale, page_shape, fast=True)
     timings["classify"] = time.perf_counter() - t
     canvas = np.array([c.bbox for c in seg.chars], np.float64).reshape(-1, 4)
     return PageAnalysis(prep, seg, canvas, chars, timings, scale)

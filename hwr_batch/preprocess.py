@@ -330,7 +330,11 @@ def _line_bands(
 
 
 def remove_lines(
-    ink: BoolArr, text_h: float, factor: int = 1, px_scale: int = 1
+    ink: BoolArr,
+    text_h: float,
+    factor: int = 1,
+    px_scale: int = 1,
+    line_ink: BoolArr | None = None,
 ) -> tuple[BoolArr, BoolArr]:
     """Remove ruled lines and box borders, keep strokes that cross them.
 
@@ -341,6 +345,11 @@ def remove_lines(
     LINE_BRIDGE_TEXT_HEIGHTS are put back: that is a stroke crossing the line. Lines are looked
     for on a copy downscaled by ``factor`` and measured exactly at full resolution inside the
     bands found, so the cost follows the length of the lines, not the size of the page.
+
+    line_ink: bool (H, W), a looser ink mask (a higher threshold) in which lines are looked
+    for; None: ``ink`` itself. A faint one-pixel line thresholds into dashes where it steps
+    from one row to the next; under a looser threshold it stays whole. Only pixels of ``ink``
+    are ever removed.
 
     Returns (ink without lines, removed pixels), both bool (H, W).
     """
@@ -353,7 +362,8 @@ def remove_lines(
     rim_px = max(2, int(round(_RIM / px_scale)))
     bridge = max(3, int(round(defaults.LINE_BRIDGE_TEXT_HEIGHTS * text_h)) | 1)
     h, w = ink.shape
-    small = _block_ink(ink, factor)
+    find_in = ink if line_ink is None else line_ink
+    small = _block_ink(find_in, factor)
     for horizontal in (True, False):
         run_kernel = np.ones((1, length) if horizontal else (length, 1), np.uint8)
         rim_kernel = np.ones((rim_px, 1) if horizontal else (1, rim_px), np.uint8)
@@ -368,8 +378,9 @@ def remove_lines(
             else:
                 cols = slice(max(0, cols.start - across), min(w, cols.stop + across))
             band = np.ascontiguousarray(ink[rows, cols], dtype=np.uint8)
+            src = band if line_ink is None else np.asarray(find_in[rows, cols], np.uint8)
             # A faint line thresholds into dashes and stair steps: close short gaps first.
-            joined = cv2.morphologyEx(band, cv2.MORPH_CLOSE, gap_kernel)
+            joined = cv2.morphologyEx(src, cv2.MORPH_CLOSE, gap_kernel)
             line = cv2.morphologyEx(joined, cv2.MORPH_OPEN, run_kernel)
             if not line.any():
                 continue
@@ -508,12 +519,14 @@ def preprocess(
     timings["flatten_rotate"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
-    ink, method, _ = binarize(flat, small_flat_r, factor, px_scale)
+    ink, method, t_global = binarize(flat, small_flat_r, factor, px_scale)
     th = text_height(ink_small, factor)
     timings["binarize"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
-    ink, removed = remove_lines(ink, th, factor, px_scale)
+    paper = median_u8(small_flat_r)
+    loose = t_global + defaults.LINE_LOOSE_THRESHOLD * max(0.0, paper - t_global)
+    ink, removed = remove_lines(ink, th, factor, px_scale, line_ink=ink | (flat <= loose))
     timings["remove_lines"] = time.perf_counter() - t1
     timings["preprocess"] = time.perf_counter() - t0
     return Preprocessed(

@@ -595,7 +595,10 @@ def _merge_beside(
     return out[0], out[1], out[2], out[3], len(replace)
 
 
-def _doubt(p_one: npt.NDArray[np.float32] | npt.NDArray[np.float64], weight: float) -> Any:
+def _doubt(
+    p_one: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    weight: float | npt.NDArray[np.float64],
+) -> Any:
     """Cost (nats) of the verifier's P(one character) of each candidate: -weight * log(p / 0.5).
 
     The verifier is trained with both answers equally likely, so 0.5 is "no opinion" and costs
@@ -668,7 +671,9 @@ def _split_wide(
             p_one[ask] = verify(np.stack([images[k] for k in ask]))[:, 1]
         for k, p in known.items():
             p_one[k] = p
-        verify_cost = _doubt(p_one, defaults.VERIFY_WEIGHT)
+        weight = np.full(len(pieces), defaults.VERIFY_WEIGHT * defaults.VERIFY_PIECE_FACTOR)
+        weight[list(wholes.values())] = defaults.VERIFY_WEIGHT
+        verify_cost = _doubt(p_one, weight)
     # Letters models (26 or more classes) read a slice of a wide letter (an m, a w) as another
     # letter (n, v) more readily than the digit model reads a slice of a digit: each extra
     # piece must buy more confidence.

@@ -161,6 +161,37 @@ def test_ruled_page_end_to_end() -> None:
     assert stats[1:, cv2.CC_STAT_WIDTH].max() < 300  # no rule left
 
 
+def test_dashed_line_found_under_the_looser_mask() -> None:
+    ink = np.zeros((400, 1000), bool)
+    for x in range(20, 980, 24):
+        ink[200, x : x + 12] = True  # a faint 1-px rule that thresholded into dashes
+    ink[150:250, 500:505] = True  # a stroke crossing it
+    kept, _ = remove_lines(ink, text_h=60.0)
+    assert kept[200, 20:32].all()  # no run of ink is long enough: the dashes stay ...
+    loose = ink.copy()
+    loose[200, 20:980] = True  # ... but the rule is whole under a looser threshold
+    cleaned, removed = remove_lines(ink, text_h=60.0, line_ink=loose)
+    assert not cleaned[200, :490].any() and not cleaned[200, 510:].any()
+    assert not (removed & ~ink).any()  # only ink is ever removed
+    assert cleaned[150:250, 500:505].all()  # the crossing stroke is whole
+
+
+def test_faint_dashed_rules_removed_end_to_end() -> None:
+    ink = text_ink()
+    page = render(ink)
+    # Faint 1-px rules whose level swings either side of the ink threshold, as a thin line
+    # does after anti-aliasing and downscaling where it steps between pixel rows.
+    swing = np.where((np.arange(900) // 12) % 2 == 0, 100, 160).astype(np.uint8)
+    for y in range(110, 1200, 119):
+        page[y] = np.minimum(page[y], swing)
+    prep = preprocess(page)
+    assert (page[110] <= ink_threshold(page)).sum() < 0.6 * 900  # dashes under plain Otsu
+    n, _, stats, _ = cv2.connectedComponentsWithStats(prep.ink.astype(np.uint8))
+    assert stats[1:, cv2.CC_STAT_WIDTH].max() < 300  # no rule left, no words joined by one
+    for y in range(110, 1200, 119):
+        assert prep.ink[y, :60].sum() == 0  # the margin, where only the rule lies, is clean
+
+
 def test_boxes_map_back_through_the_rotation() -> None:
     page = np.full((500, 700), 235, np.uint8)
     page[200:240, 300:330] = 20

@@ -322,6 +322,10 @@ def test_int8_companion_is_paired_rechecked_and_refused_when_stale(
     assert clf.fast is not None and clf.recheck_below == 1.0
     # Every crop under probability 1 is re-scored by the float model.
     np.testing.assert_allclose(clf.predict_proba(images), exact, atol=1e-6)
+    # The split search's path: int8 alone, then the kept crops rechecked to the same answer.
+    int8_only = clf.predict_proba_fast(images)
+    assert not np.allclose(int8_only, exact, atol=1e-6)
+    np.testing.assert_allclose(clf.recheck(images, int8_only.copy()), exact, atol=1e-6)
 
     quantize_int8(path, companion, images, 0.0, calibration_source="drawn glyphs")
     clf = _reload(path)
