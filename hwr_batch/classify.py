@@ -240,6 +240,49 @@ def load_classifier(
     return _load(str(model_path(name_or_path)), threads)
 
 
+def second_model(first: Classifier) -> Classifier | None:
+    """The bundled model that gives ``first``'s unsure characters a second reading, or None.
+
+    Only the bundled models named in ``defaults.SECOND_MODEL`` get one (a model given by path
+    is read as it is), and none when ``defaults.SECOND_OPINION_ENV`` is "0".
+    """
+    name = defaults.SECOND_MODEL.get(first.name)
+    if name is None or os.environ.get(defaults.SECOND_OPINION_ENV, "") == "0":
+        return None
+    try:
+        if Path(first.path).resolve() != model_path(first.name).resolve():
+            return None
+        second = load_classifier(name)
+    except ModelError:
+        return None
+    return second if set(first.labels) <= set(second.labels) else None
+
+
+def blend_second_opinion(
+    proba: npt.NDArray[np.float32],
+    crops: npt.ArrayLike,
+    first: Classifier,
+    second: Classifier | None,
+    below: float = defaults.SECOND_OPINION_BELOW,
+    weight: float = defaults.SECOND_OPINION_WEIGHT,
+) -> npt.NDArray[np.float32]:
+    """``first``'s probabilities with the unsure rows blended with ``second``'s.
+
+    proba: float32 (N, len(first.labels)), ``first``'s answers on ``crops`` (N, 28, 28). Rows
+    whose best probability is under ``below`` become (1 - weight) * proba + weight * the second
+    model's probabilities over ``first``'s labels, renormalised. Other rows are unchanged.
+    """
+    unsure = np.flatnonzero(proba.max(axis=1) < below)
+    if second is None or len(unsure) == 0:
+        return proba
+    cols = [second.labels.index(lab) for lab in first.labels]
+    p2 = second.predict_proba(np.asarray(crops)[unsure])[:, cols].astype(np.float64)
+    p2 /= np.maximum(p2.sum(axis=1, keepdims=True), 1e-12)
+    out = proba.copy()
+    out[unsure] = ((1.0 - weight) * proba[unsure] + weight * p2).astype(np.float32)
+    return out
+
+
 def verifier_path() -> Path:
     """Where the bundled single-character verifier lives (it may be absent)."""
     return Path(str(resources.files("hwr_batch") / "models" / f"{defaults.VERIFIER_MODEL}.onnx"))

@@ -19,7 +19,12 @@ import numpy.typing as npt
 
 from hwr_batch import defaults
 from hwr_batch.assemble import assemble
-from hwr_batch.classify import Classifier, load_classifier
+from hwr_batch.classify import (
+    Classifier,
+    blend_second_opinion,
+    load_classifier,
+    second_model,
+)
 from hwr_batch.errors import BadArguments
 from hwr_batch.load import LoadedPage, iter_pages, load_page, to_gray
 from hwr_batch.preprocess import (
@@ -185,11 +190,13 @@ def classify_candidates(
     scale: int = 1,
     page_shape: tuple[int, int] | None = None,
     fast: bool = False,
+    second: Classifier | None = None,
 ) -> list[Char]:
     """One batched classification of every character of a page -> Chars (page boxes).
 
     fast: segmentation scored with :meth:`Classifier.predict_proba_fast`; its probabilities
-    are rechecked here.
+    are rechecked here. second: a second model for the unsure characters
+    (:func:`~hwr_batch.classify.blend_second_opinion`).
 
     scale: the page was analysed at 1/scale; boxes are mapped back to the page of
     ``page_shape`` (H, W) (default: the analysed page), each analysed pixel covering a
@@ -215,6 +222,9 @@ def classify_candidates(
         if len(idx):
             images = np.stack([seg.chars[i].image for i in idx])
             proba[idx] = clf.recheck(images, proba[idx])
+    if second is not None:
+        images = np.stack([c.image for c in seg.chars])
+        proba = blend_second_opinion(proba, images, clf, second)
     top = clf.topk(proba, defaults.TOP_K)
     boxes = prep.boxes_to_page(np.array([c.bbox for c in seg.chars], np.float64))
     if scale > 1:
@@ -269,7 +279,9 @@ def analyse_page(
     timings["segment"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chars = classify_candidates(seg, prep, clf, scale, page_shape, fast=True)
+    chars = classify_candidates(
+        seg, prep, clf, scale, page_shape, fast=True, second=second_model(clf)
+    )
     timings["classify"] = time.perf_counter() - t
     canvas = np.array([c.bbox for c in seg.chars], np.float64).reshape(-1, 4)
     return PageAnalysis(prep, seg, canvas, chars, timings, scale)

@@ -201,3 +201,48 @@ def test_end_to_end_generated_digit_page(shared_datasets: Path, digits: Classifi
         errors, total = errors + r.errors, total + r.total
     # The issue's bar is 1.5% over many pages (benchmarks/); two noisy pages get headroom.
     assert errors / total < 0.06
+
+
+def _drawn(text: str, seed: int) -> np.ndarray:
+    """Model inputs (N, 28, 28) of characters drawn with a Hershey font, slanted at random."""
+    from hwr_batch.normalize import normalize
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for ch in text:
+        canvas = np.full((80, 80), 255, np.uint8)
+        cv2.putText(canvas, ch, (18, 62), cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, 2.0, 0, 4)
+        m = cv2.getRotationMatrix2D((40, 40), float(rng.uniform(-25, 25)), 1.0)
+        out.append(normalize(cv2.warpAffine(canvas, m, (80, 80), borderValue=255)))
+    return np.stack(out)
+
+
+def test_second_opinion_blends_the_unsure_rows_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from hwr_batch.classify import blend_second_opinion, load_classifier, second_model
+
+    monkeypatch.delenv("HWR_SECOND_OPINION", raising=False)
+    digits, alnum = load_classifier("digits"), load_classifier("alnum")
+    assert second_model(digits) is alnum and second_model(load_classifier("letters")) is alnum
+    assert second_model(alnum) is None
+    own = tmp_path / "digits.onnx"  # a user's model by path is read as it is
+    shutil.copy(digits.path, own)
+    assert second_model(load_classifier(own)) is None
+    monkeypatch.setenv("HWR_SECOND_OPINION", "0")
+    assert second_model(digits) is None
+
+    images = _drawn("0123456789" * 3, seed=1)
+    p = digits.predict_proba(images)
+    below = float(np.median(p.max(axis=1)))
+    out = blend_second_opinion(p, images, digits, alnum, below=below, weight=0.5)
+    unsure = p.max(axis=1) < below
+    assert unsure.any() and (~unsure).any()
+    np.testing.assert_array_equal(out[~unsure], p[~unsure])
+    p2 = alnum.predict_proba(images[unsure])[:, [alnum.labels.index(d) for d in "0123456789"]]
+    p2 = p2 / p2.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out[unsure], 0.5 * p[unsure] + 0.5 * p2, atol=1e-6)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    assert blend_second_opinion(p, images, digits, None) is p
