@@ -9,7 +9,7 @@
 4. groups wider than one character are split by recognition: candidate cuts come from the
    column profile and the upper and lower contours, every candidate piece is scored by the
    classifier in one batch, and the cheapest path through the cuts (sum of -log confidence plus
-   a penalty per extra piece) wins; so "000" written in one stroke becomes three zeros. A
+   a penalty per extra piece, for digits a small bonus) wins; so "000" written in one stroke becomes three zeros. A
    single-character verifier (P(exactly one whole character), see ``hwr-train verifier``)
    adds -log P(one) to each piece's cost and sends wide groups the classifier reads
    confidently but the verifier doubts to the search, so a touching "91" read as a 9 loses to
@@ -701,7 +701,8 @@ def _split_wide(
                     c = abs(pw / th - defaults.SPLIT_CHAR_WIDTH)
                 else:
                     c = float(-np.log(np.clip(proba[k].max(), 1e-6, 1.0))) + verify_cost[k]
-                c += penalty if i > 0 else 0.0
+                if i > 0:
+                    c += penalty if proba is not None else max(penalty, 0.0)
                 # A piece much shorter than its group is a slice of a character, not one.
                 c += defaults.SPLIT_SHORT_COST * max(0.0, defaults.SPLIT_MIN_HEIGHT - ph / g.h)
                 # Handwritten characters are rarely much wider than tall: a wide piece pays for
