@@ -386,3 +386,24 @@ def test_second_model_comes_only_from_the_given_mapping() -> None:
         second_opinion=False,
     )
     assert res.fields[2].value == "33" and second.seen == 0
+
+
+def test_second_model_is_loaded_by_name_and_a_missing_one_is_skipped() -> None:
+    first, second = Unsure(), SureEight()
+    asked: list[str] = []
+
+    def load(name: str) -> SureEight:
+        asked.append(name)
+        return second
+
+    got = forms._second_model("digits", first, None, load)  # type: ignore[arg-type]
+    assert got is second and asked == [forms.SECOND_MODEL["digits"]]
+
+    def missing(name: str) -> SureEight:
+        raise ModelError(f"{name}: not found")
+
+    assert forms._second_model("digits", first, None, missing) is None  # type: ignore[arg-type]
+    # No second model for a charset without one, nor the field's own model a second time.
+    assert forms._second_model("letters", first, None, load) is None  # type: ignore[arg-type]
+    same = forms._second_model("digits", first, {"alnum": first}, None)  # type: ignore[arg-type, dict-item]
+    assert same is None
