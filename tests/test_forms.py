@@ -301,3 +301,109 @@ def test_a_view_reading_something_else_outright_sends_the_field_to_review() -> N
     assert forms._views_disagree(cand, probas, dec)
     rows[2, 7], rows[2, 1] = 0.5, 0.4  # the third view doubts, but does not say otherwise
     assert not forms._views_disagree(cand, probas, dec)
+
+
+class Unsure:
+    """A stand-in model torn between "3" and "8" on every crop; counts the crops it sees."""
+
+    labels = "0123456789"
+
+    def __init__(self, p3: float = 0.5, p8: float = 0.4) -> None:
+        self.p3, self.p8 = p3, p8
+        self.seen = 0
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        self.seen += len(crops)
+        p = np.full((len(crops), 10), (1.0 - self.p3 - self.p8) / 8, np.float32)
+        p[:, 3], p[:, 8] = self.p3, self.p8
+        return p
+
+
+class SureEight:
+    """A stand-in second model with more labels than the first: reads "8" surely."""
+
+    labels = "0123456789AB"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        self.seen += len(crops)
+        p = np.full((len(crops), 12), 0.01, np.float32)
+        p[:, 8] = 0.7
+        p[:, 10] = 0.2  # a letter: dropped, the rest renormalised over the digits
+        return p
+
+
+def test_second_opinion_averages_warps_and_a_second_model_on_unsure_rows() -> None:
+    first, second = Unsure(), SureEight()
+    batch = np.zeros((3, 28, 28), np.float32)
+    batch[:, 6:22, 12:16] = 1.0
+    proba = first.predict_proba(batch)
+    proba[1] = 0.01
+    proba[1, 5] = 0.91  # a sure row
+    first.seen = 0
+    out = forms._with_second_opinion(proba, batch, first, second)  # type: ignore[arg-type]
+    assert second.seen == 2, "only the two unsure rows go to the second model"
+    assert first.seen == 2 * len(forms.SECOND_OPINION_WARPS)
+    np.testing.assert_array_equal(out[1], proba[1])
+    # First reading 3 (0.5) over 8 (0.4), the warps the same, the second model 8 at 0.7 of
+    # the 0.79 its digits share:
+    # the mean reads 8 at (0.4 + 0.4 + 0.7 / 0.79) / 3.
+    assert int(out[0].argmax()) == 8
+    assert out[0, 8] == pytest.approx((0.4 + 0.4 + 0.7 / 0.79) / 3, abs=1e-5)
+    assert out[0].sum() == pytest.approx(1.0, abs=1e-5)
+    # Without a second model only the warps count, and they agree with the first reading.
+    alone = forms._with_second_opinion(proba, batch, first, None)  # type: ignore[arg-type]
+    assert int(alone[0].argmax()) == 3
+
+
+def test_warped_input_moves_the_ink() -> None:
+    x = np.zeros((28, 28), np.float32)
+    x[2:26, 13] = 1.0  # a vertical bar
+    right = forms._warp_input(x, 0.0, 1.0, 0.0)
+    assert right[2:26, 14].min() == pytest.approx(1.0) and right[:, 13].max() == 0.0
+    turned = forms._warp_input(x, 8.0, 0.0, 0.0)
+    cols = np.nonzero(turned > 0.5)[1]
+    assert np.ptp(cols) >= 3, "an 8 degree turn slants a 24 px bar by over 3 px"
+    assert turned.sum() == pytest.approx(x.sum(), rel=0.1)
+
+
+def test_second_model_comes_only_from_the_given_mapping() -> None:
+    page = _blank()
+    _draw_form(page)
+    _write(page, "12", 320, 492)  # on the underline
+    first, second = Unsure(), SureEight()
+    res = forms.read_fields(page, classifiers={"digits": first, "alnum": second})  # type: ignore[dict-item]
+    assert res.fields[2].value == "88" and second.seen > 0
+    only = Unsure()
+    res = forms.read_fields(page, classifiers={"digits": only})  # type: ignore[dict-item]
+    assert res.fields[2].value == "33", "no second model was loaded behind the caller's back"
+    off, second = Unsure(), SureEight()
+    res = forms.read_fields(
+        page,
+        classifiers={"digits": off, "alnum": second},  # type: ignore[dict-item]
+        second_opinion=False,
+    )
+    assert res.fields[2].value == "33" and second.seen == 0
+
+
+def test_second_model_is_loaded_by_name_and_a_missing_one_is_skipped() -> None:
+    first, second = Unsure(), SureEight()
+    asked: list[str] = []
+
+    def load(name: str) -> SureEight:
+        asked.append(name)
+        return second
+
+    got = forms._second_model("digits", first, None, load)  # type: ignore[arg-type]
+    assert got is second and asked == [forms.SECOND_MODEL["digits"]]
+
+    def missing(name: str) -> SureEight:
+        raise ModelError(f"{name}: not found")
+
+    assert forms._second_model("digits", first, None, missing) is None  # type: ignore[arg-type]
+    # No second model for a charset without one, nor the field's own model a second time.
+    assert forms._second_model("letters", first, None, load) is None  # type: ignore[arg-type]
+    same = forms._second_model("digits", first, {"alnum": first}, None)  # type: ignore[arg-type, dict-item]
+    assert same is None
