@@ -167,6 +167,13 @@ MERGE_BESIDE_MAX_W = 1.3
 #: letter pages 0.95 / 0.8 / 0.7 / 0.6 gave 241 / 237 / 242 / 245 errors of 2,700 for 615 /
 #: 672 / 704 / 725 crops.
 SPLIT_MIN_ASPECT = 0.8
+#: Narrower groups (down to this times max(height, text height)) go to the split search only
+#: when the verifier doubts them (VERIFY_SEARCH_BELOW): two 1s, or a 1 leaning on a 3, make a
+#: group no wider than one character. 12 generated pages of each tuning seed, errors of 3,600
+#: at 0.8 (off) / 0.65 / 0.55 / 0.45: digits seeds 5, 6, 7, 8: 68, 52, 62, 59 / 65, 51, 61, 56
+#: / 64, 51, 61, 56 / 64, 53, 61, 56, for 482 / 509 / 528 / 539 classifier crops and 294 /
+#: 405 / 472 / 505 verifier crops a page; letters seeds 5, 6 and mixed seed 5 unchanged at 0.65.
+SPLIT_NARROW_ASPECT = 0.65
 #: Typical character width (text heights), for the even cut candidates.
 SPLIT_CHAR_WIDTH = 0.65
 #: Pieces narrower / wider than this (text heights) are not considered as one character.

@@ -9,11 +9,11 @@
 4. groups wider than one character are split by recognition: candidate cuts come from the
    column profile and the upper and lower contours, every candidate piece is scored by the
    classifier in one batch, and the cheapest path through the cuts (sum of -log confidence plus
-   a penalty per extra piece, for digits a small bonus) wins; so "000" written in one stroke becomes three zeros. A
-   single-character verifier (P(exactly one whole character), see ``hwr-train verifier``)
-   adds -log P(one) to each piece's cost and sends wide groups the classifier reads
-   confidently but the verifier doubts to the search, so a touching "91" read as a 9 loses to
-   a 9 and a 1, and half a character loses to the whole;
+   a penalty per extra piece, for digits a small bonus) wins; so "000" written in one stroke
+   becomes three zeros. A single-character verifier (P(exactly one whole character), see
+   ``hwr-train verifier``) adds -log P(one) to each piece's cost and sends groups the
+   classifier reads confidently (and narrow ones) but the verifier doubts to the search, so a
+   touching "91" read as a 9 loses to a 9 and a 1, and half a character loses to the whole;
 5. each character is cut from the deskewed gray page with only its own ink (neighbours blanked)
    and normalised with :func:`hwr_batch.normalize.normalize`.
 
@@ -422,6 +422,9 @@ def segment(
             elif verify is not None:
                 doubtful.append((g, (crop, own), image, proba))
                 continue
+        elif verify is not None and g.w > defaults.SPLIT_NARROW_ASPECT * max(g.h, th):
+            doubtful.append((g, (crop, own), image, proba))
+            continue
         seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), image, proba))
     if doubtful and verify is not None:
         p_one = verify(np.stack([d[2] for d in doubtful]))[:, 1]

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from hwr_batch import defaults
 from hwr_batch.classify import Classifier
 from hwr_batch.normalize import normalize
 from hwr_batch.preprocess import preprocess
@@ -214,7 +215,8 @@ def test_cut_candidates_lean_with_the_characters() -> None:
 
 
 def test_verifier_is_asked_only_where_segmentation_has_choices(digits: Classifier) -> None:
-    """Separate characters never reach the verifier; the pieces of a wide group all do."""
+    """Separate characters reach the verifier only if they are wide enough to hold two (and
+    then once, whole); the pieces of a wide group all do."""
     asked: list[int] = []
 
     def verifier(x: np.ndarray) -> np.ndarray:
@@ -222,7 +224,10 @@ def test_verifier_is_asked_only_where_segmentation_has_choices(digits: Classifie
         return np.tile(np.array([[0.5, 0.5]], np.float32), (len(x), 1))
 
     seg = segment(preprocess(page_with(lambda ink: None)), digits.predict_proba, verifier=verifier)
-    assert len(seg.chars) == 6 and asked == []
+    assert len(seg.chars) == 6
+    th = seg.text_height
+    roomy = [c for c in seg.chars if c.bbox[2] > defaults.SPLIT_NARROW_ASPECT * max(c.bbox[3], th)]
+    assert sum(asked) == len(roomy)  # once each, whole; narrower ones never
 
     def chain(ink: np.ndarray) -> None:
         for k in range(3):
