@@ -263,15 +263,18 @@ def blend_second_opinion(
     crops: npt.ArrayLike,
     first: Classifier,
     second: Classifier | None,
-    below: float = defaults.SECOND_OPINION_BELOW,
-    weight: float = defaults.SECOND_OPINION_WEIGHT,
+    below: float | None = None,
+    weight: float | None = None,
 ) -> npt.NDArray[np.float32]:
     """``first``'s probabilities with the unsure rows blended with ``second``'s.
 
     proba: float32 (N, len(first.labels)), ``first``'s answers on ``crops`` (N, 28, 28). Rows
-    whose best probability is under ``below`` become (1 - weight) * proba + weight * the second
-    model's probabilities over ``first``'s labels, renormalised. Other rows are unchanged.
+    whose best probability is under ``below`` (default SECOND_OPINION_BELOW) become
+    (1 - weight) * proba + weight * the second model's probabilities over ``first``'s labels,
+    renormalised (weight: default SECOND_OPINION_WEIGHT). Other rows are unchanged.
     """
+    below = defaults.SECOND_OPINION_BELOW if below is None else below
+    weight = defaults.SECOND_OPINION_WEIGHT if weight is None else weight
     unsure = np.flatnonzero(proba.max(axis=1) < below)
     if second is None or len(unsure) == 0:
         return proba
