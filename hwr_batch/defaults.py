@@ -168,12 +168,18 @@ MERGE_BESIDE_MAX_W = 1.3
 #: 672 / 704 / 725 crops.
 SPLIT_MIN_ASPECT = 0.8
 #: Narrower groups (down to this times max(height, text height)) go to the split search only
-#: when the verifier doubts them (VERIFY_SEARCH_BELOW): two 1s, or a 1 leaning on a 3, make a
-#: group no wider than one character. 12 generated pages of each tuning seed, errors of 3,600
-#: at 0.8 (off) / 0.65 / 0.55 / 0.45: digits seeds 5, 6, 7, 8: 68, 52, 62, 59 / 65, 51, 61, 56
+#: when the verifier doubts them (P(one) under VERIFY_NARROW_BELOW), with at most
+#: SPLIT_NARROW_MAX_CUTS cuts: two 1s, or a 1 leaning on a 3, make a group no wider than one
+#: character. 12 generated pages of each tuning seed, errors of 3,600 at 0.8 (off) / 0.65 / 0.55
+#: / 0.45 (verifier bar 0.5, 5 cuts): digits seeds 5, 6, 7, 8: 68, 52, 62, 59 / 65, 51, 61, 56
 #: / 64, 51, 61, 56 / 64, 53, 61, 56, for 482 / 509 / 528 / 539 classifier crops and 294 /
-#: 405 / 472 / 505 verifier crops a page; letters seeds 5, 6 and mixed seed 5 unchanged at 0.65.
-SPLIT_NARROW_ASPECT = 0.65
+#: 405 / 472 / 505 verifier crops a page. With the page-tuned digits model (bar, aspect, cuts):
+#: 0.5, 0.65, 5: 63, 44, 59, 55 (511 classifier / 407 verifier crops a page); 0.8, 0.5, 1: 57,
+#: 42, 58, 55 (557 / 515); 1.0, 0.55, 1: 56, 42, 56, 55 (734 / 679); 1.0, 0.5, 5: 54, 41, 55, 54
+#: (883 / 840). Letters seeds 5, 6, 7 (228, 220, 263) and mixed seed 5 (361) unchanged.
+SPLIT_NARROW_ASPECT = 0.5
+VERIFY_NARROW_BELOW = 0.8
+SPLIT_NARROW_MAX_CUTS = 1
 #: Typical character width (text heights), for the even cut candidates.
 SPLIT_CHAR_WIDTH = 0.65
 #: Pieces narrower / wider than this (text heights) are not considered as one character.

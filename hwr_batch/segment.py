@@ -165,7 +165,9 @@ def merge_fragments(stats: npt.NDArray[np.int32], text_h: float) -> list[list[in
 Cut = tuple[float, float]
 
 
-def _cut_candidates(mask: npt.NDArray[np.bool_], text_h: float) -> list[Cut]:
+def _cut_candidates(
+    mask: npt.NDArray[np.bool_], text_h: float, max_cuts: int | None = None
+) -> list[Cut]:
     """Candidate cuts through a wide group's mask (h, w), left to right.
 
     Every column at mid-height is tried at each slant of SPLIT_SLANTS and keeps the slant that
@@ -173,8 +175,8 @@ def _cut_candidates(mask: npt.NDArray[np.bool_], text_h: float) -> list[Cut]:
     slanted 1), so the line between them is often not vertical. Candidates are the valleys of
     that least-ink profile, of the upper contour (top ink row, a valley is where it dips) and of
     the lower contour, plus evenly spaced cuts for the expected number of characters;
-    near-duplicates and cuts that would cross a kept one inside the group are dropped, at most
-    SPLIT_MAX_CUTS.
+    near-duplicates and cuts that would cross a kept one inside the group are dropped; the
+    deepest ``max_cuts`` (default SPLIT_MAX_CUTS) are kept.
     """
     h, w = mask.shape
     has = mask.any(axis=0)
@@ -228,7 +230,7 @@ def _cut_candidates(mask: npt.NDArray[np.bool_], text_h: float) -> list[Cut]:
             abs(c - d) >= min_sep and abs(c - d) > abs(slope - e) * half for d, e in cuts
         ):
             cuts.append((float(c), slope))
-        if len(cuts) >= defaults.SPLIT_MAX_CUTS:
+        if len(cuts) >= (defaults.SPLIT_MAX_CUTS if max_cuts is None else max_cuts):
             break
     return sorted(cuts)
 
@@ -429,7 +431,10 @@ def segment(
     if doubtful and verify is not None:
         p_one = verify(np.stack([d[2] for d in doubtful]))[:, 1]
         for (g, (crop, own), image, proba), p in zip(doubtful, p_one.tolist(), strict=True):
-            cuts = _cut_candidates(own, th) if p < defaults.VERIFY_SEARCH_BELOW else []
+            wide_enough = g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th)
+            below = defaults.VERIFY_SEARCH_BELOW if wide_enough else defaults.VERIFY_NARROW_BELOW
+            most = None if wide_enough else defaults.SPLIT_NARROW_MAX_CUTS
+            cuts = _cut_candidates(own, th, most) if p < below else []
             if cuts:
                 wide.append(_Wide(g, crop, own, cuts, image, proba, p))
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 import pytest
@@ -216,14 +218,18 @@ def test_cut_candidates_lean_with_the_characters() -> None:
 
 def test_verifier_is_asked_only_where_segmentation_has_choices(digits: Classifier) -> None:
     """Separate characters reach the verifier only if they are wide enough to hold two (and
-    then once, whole); the pieces of a wide group all do."""
+    then once, whole, when it does not doubt them); the pieces of a wide group all do."""
     asked: list[int] = []
 
-    def verifier(x: np.ndarray) -> np.ndarray:
-        asked.append(len(x))
-        return np.tile(np.array([[0.5, 0.5]], np.float32), (len(x), 1))
+    def verifier_saying(p_one: float) -> Callable[[np.ndarray], np.ndarray]:
+        def verifier(x: np.ndarray) -> np.ndarray:
+            asked.append(len(x))
+            return np.tile(np.array([[1 - p_one, p_one]], np.float32), (len(x), 1))
 
-    seg = segment(preprocess(page_with(lambda ink: None)), digits.predict_proba, verifier=verifier)
+        return verifier
+
+    sure = verifier_saying(0.9)
+    seg = segment(preprocess(page_with(lambda ink: None)), digits.predict_proba, verifier=sure)
     assert len(seg.chars) == 6
     th = seg.text_height
     roomy = [c for c in seg.chars if c.bbox[2] > defaults.SPLIT_NARROW_ASPECT * max(c.bbox[3], th)]
@@ -233,7 +239,8 @@ def test_verifier_is_asked_only_where_segmentation_has_choices(digits: Classifie
         for k in range(3):
             ring(ink, 200 + 38 * k, 330)
 
-    seg = segment(preprocess(page_with(chain)), digits.predict_proba, verifier=verifier)
+    asked.clear()
+    seg = segment(preprocess(page_with(chain)), digits.predict_proba, verifier=verifier_saying(0.5))
     # A verifier without an opinion (P(one) = 0.5 everywhere) adds log 2 per piece: the three
     # zeros of the chain still read best as three.
     assert len(in_row(seg, 250, 400)) == 3
@@ -258,3 +265,32 @@ def test_verifier_doubt_makes_the_whole_lose(digits: Classifier) -> None:
 
     assert len(in_row(segment(prep, digits.predict_proba, verifier=whole_only), 250, 400)) == 1
     assert len(in_row(segment(prep, digits.predict_proba, verifier=False), 250, 400)) == 3
+
+
+def test_two_touching_ones_split_when_the_verifier_doubts_them(digits: Classifier) -> None:
+    """Two 1s leaning together make a group narrower than one character (not a wide group):
+    it is searched for a split only when the verifier doubts it is one character."""
+
+    def ones(ink: np.ndarray) -> None:
+        # Two strokes 66 px tall whose feet touch: the group is ~0.55 text heights wide.
+        cv2.line(ink, (300, 300), (312, 366), 255, PEN, cv2.LINE_AA)
+        cv2.line(ink, (336, 300), (316, 366), 255, PEN, cv2.LINE_AA)
+
+    def verifier_saying(p_whole: float) -> Callable[[np.ndarray], np.ndarray]:
+        def verifier(x: np.ndarray) -> np.ndarray:
+            # The pair is wide with no ink at the top middle (a V); a zero has ink there, a
+            # single stroke is narrow. Those two are sure of themselves.
+            ink_w = (x > 0.3).any(axis=1).sum(axis=1)
+            gap = x[:, 3:8, 12:16].max(axis=(1, 2)) < 0.3
+            p = np.where((ink_w >= 10) & gap, p_whole, 0.9).astype(np.float32)
+            return np.stack([1 - p, p], axis=1)
+
+        return verifier
+
+    page = preprocess(page_with(ones))
+    sure = segment(page, digits.predict_proba, verifier=verifier_saying(0.95))
+    th = sure.text_height
+    (whole,) = in_row(sure, 280, 400)
+    assert defaults.SPLIT_NARROW_ASPECT * th < whole[2] < defaults.SPLIT_MIN_ASPECT * th
+    doubt = segment(page, digits.predict_proba, verifier=verifier_saying(0.05))
+    assert len(in_row(doubt, 280, 400)) == 2
