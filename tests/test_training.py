@@ -510,3 +510,40 @@ def test_convert_is_wired_into_hwr_train(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert main(["fit", str(folder), "--dry-run", "--device", "cpu", "--out", str(out), "-q"]) == 0
     assert hwr_batch.load_classifier(out / "pngs.onnx").labels == "AB"
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def test_exported_model_loads_back_for_fine_tuning(trained: Path) -> None:
+    """An exported model (batch norms folded) comes back as a CharCNN that answers the same."""
+    from training.fit import load_initial
+
+    onnx_path = trained / "tiny.onnx"
+    model = load_initial(onnx_path, "017", (32, 48, 96), 0.3).eval()
+    x = np.random.default_rng(1).random((16, 28, 28), dtype=np.float32)
+    want = hwr_batch.load_classifier(onnx_path).predict_proba(x)
+    got = torch.softmax(model(torch.from_numpy(x[:, None])), 1).detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(hwr_batch.errors.BadArguments, match="labels"):
+        load_initial(onnx_path, "0123", (32, 48, 96), 0.3)
+
+
+def test_fit_init_and_extra_continue_from_a_model(
+    trained: Path, tiny_npz: Path, tmp_path: Path
+) -> None:
+    """--init starts from the given model (a near-zero learning rate leaves it as it was) and
+    --extra adds training rows."""
+    extra = tmp_path / "extra.npz"
+    with np.load(tiny_npz) as z:
+        np.savez_compressed(extra, images=z["images"][:30], labels=z["labels"][:30])
+    out = tmp_path / "ft"
+    args = ["fit", str(tiny_npz), "--device", "cpu", "--out", str(out), "-q", "--epochs", "1"]
+    rc = main([*args, "--init", str(trained / "tiny.onnx"), "--extra", str(extra), "--lr", "1e-9"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_images"] > 120  # 120 rows less validation, plus the 30 extra
+    x = np.random.default_rng(2).random((16, 28, 28), dtype=np.float32)
+    before = hwr_batch.load_classifier(trained / "tiny.onnx").predict_proba(x)
+    after = hwr_batch.load_classifier(out / "tiny.onnx").predict_proba(x)
+    np.testing.assert_allclose(after, before, atol=1e-3)

@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     f.add_argument("--resume", help="continue from a checkpoint.pt of the same run")
     f.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="another training source added to SOURCE, e.g. an npz of hwr-train pagecrops "
+        "(repeatable; training only, never tested)",
+    )
+    f.add_argument(
+        "--init",
+        help="fine-tune: start from this model (an exported .onnx or a checkpoint.pt with the "
+        "same labels and widths) instead of random weights",
+    )
+    f.add_argument(
         "--dry-run",
         action="store_true",
         help="one batch end to end (train, validate, test, export) for smoke tests",
@@ -138,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--widths", type=_widths, default=None, help="channels of the 3 stages")
     v.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads")
     v.add_argument("--seed", type=int, default=0)
+
+    c = sub.add_parser(
+        "pagecrops",
+        help="the page reader's own crops of generated pages of training glyphs, as an npz "
+        "for fit --extra",
+    )
+    c.add_argument("kind", choices=sorted(LABEL_SETS), help="model recipe the glyphs come from")
+    c.add_argument("output", help="the .npz to write (images, labels, groups)")
+    c.add_argument("--pages", type=_positive_int, default=240)
+    c.add_argument(
+        "--seed", type=int, default=1000, help="page seeds SEED*100003+i (benchmarks use 0)"
+    )
+    c.add_argument("--jobs", type=_positive_int, default=None, help="worker processes")
 
     x = sub.add_parser("export", help="export the best weights of a checkpoint to ONNX")
     x.add_argument("checkpoint")
@@ -194,6 +219,8 @@ def _run_fit(args: argparse.Namespace, argv: list[str]) -> int:
         device=args.device,
         dry_run=args.dry_run,
         resume=args.resume,
+        extra=args.extra,
+        init=args.init,
         command=command_line(argv),
     )
     result = fit(cfg, quiet=args.quiet)
@@ -216,6 +243,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(line)
     if args.report:
         print(f"report: {args.report}")
+    return 0
+
+
+def _run_pagecrops(args: argparse.Namespace) -> int:
+    from training.pagecrops import page_crops, save_npz
+
+    data = page_crops(
+        args.kind, args.pages, args.seed, jobs=args.jobs, log=lambda s: print(s, file=sys.stderr)
+    )
+    path = save_npz(data, args.output)
+    print(json.dumps({"output": str(path), "images": len(data), "pages": args.pages}))
     return 0
 
 
@@ -282,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_export(args, argv)
         if args.command == "verifier":
             return _run_verifier(args, argv)
+        if args.command == "pagecrops":
+            return _run_pagecrops(args)
         if args.command == "convert":
             from training.convert import run_convert
 

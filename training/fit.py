@@ -187,6 +187,8 @@ class FitConfig:
     device: str = "auto"
     dry_run: bool = False
     resume: str | None = None
+    extra: list[str] = field(default_factory=list)
+    init: str | None = None
     command: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -357,6 +359,8 @@ def fit(cfg: FitConfig, log: Callable[[str], None] | None = None, quiet: bool = 
     ckpt_path = out_dir / CHECKPOINT_NAME
 
     raw = load_source(cfg.source, "train")
+    if cfg.extra:
+        raw = LabeledImages.concat([raw, *(load_source(spec, "train") for spec in cfg.extra)])
     if not cfg.labels:
         found = sorted(set(raw.labels.astype(str).tolist()))
         if any(len(s) != 1 for s in found):
@@ -381,7 +385,17 @@ def fit(cfg: FitConfig, log: Callable[[str], None] | None = None, quiet: bool = 
     sample = data.images[train_rows[:: max(1, len(train_rows) // 20000)]].astype(np.float32) / 255
     mean, std = float(sample.mean()), float(sample.std() + 1e-6)
 
+    frozen_bn = False
+    if cfg.init:
+        # Fine-tuning: the starting model's own standardisation stays (its weights expect it).
+        start = load_initial(Path(cfg.init), cfg.labels, cfg.widths, cfg.dropout)
+        mean, std = float(start.mean), float(start.std)
+        # An exported model has its batch norms folded into the convolutions: their statistics
+        # are gone, so they stay frozen (identity) while the weights move.
+        frozen_bn = Path(cfg.init).suffix.lower() == ".onnx"
     model = CharCNN(len(cfg.labels), cfg.widths, mean=mean, std=std, dropout=cfg.dropout)
+    if cfg.init:
+        model.load_state_dict(start.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
     epochs = 1 if cfg.dry_run else cfg.epochs
@@ -428,6 +442,10 @@ def fit(cfg: FitConfig, log: Callable[[str], None] | None = None, quiet: bool = 
     with progress.running():
         for epoch in range(start_epoch, epochs):
             model.train()
+            if frozen_bn:
+                for m in model.modules():
+                    if isinstance(m, nn.BatchNorm2d):
+                        m.eval()
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             batches = _batches(len(train_rows), cfg.batch_size, order_gen, sample_weights)
@@ -545,6 +563,63 @@ def fit(cfg: FitConfig, log: Callable[[str], None] | None = None, quiet: bool = 
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     say(f"wrote {onnx_path} (onnxruntime vs torch max diff {diff:.1e})")
     return FitResult(onnx_path=onnx_path, checkpoint=ckpt_path, metrics=metrics)
+
+
+# --------------------------------------------------------------------------- starting weights
+
+
+def load_initial(path: Path, labels: str, widths: tuple[int, int, int], dropout: float) -> CharCNN:
+    """A CharCNN holding the weights of ``path`` to start a fine-tuning run from.
+
+    path: a ``checkpoint.pt`` of :func:`fit` (its best EMA weights) or an exported ``.onnx``
+    model (batch norms folded into the convolutions: the module's batch norms become identities
+    and the folded biases their shifts). Either must have the same labels and widths.
+    """
+    if path.suffix.lower() != ".onnx":
+        model, _ = model_from_checkpoint(path)
+        if model.num_classes != len(labels) or tuple(model.widths) != tuple(widths):
+            raise BadArguments(f"{path}: not a {len(labels)}-class CharCNN{list(widths)}")
+        return model
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    meta_labels = {p.key: p.value for p in proto.metadata_props}.get("labels")
+    if meta_labels is not None and meta_labels != labels:
+        raise BadArguments(f"{path}: labels {meta_labels!r}, this run trains {labels!r}")
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    conv_inputs = [n.input for n in graph.node if n.op_type == "Conv"]
+    model = CharCNN(
+        len(labels),
+        widths,
+        mean=float(init["model.mean"]),
+        std=float(init["model.std"]),
+        dropout=dropout,
+    )
+    convs = [m for m in model.features.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.features.modules() if isinstance(m, nn.BatchNorm2d)]
+    if len(conv_inputs) != len(convs) or any(len(c) < 3 for c in conv_inputs):
+        raise BadArguments(f"{path}: not an exported CharCNN{list(widths)} (conv layers differ)")
+    with torch.no_grad():
+        for conv, bn, names in zip(convs, norms, conv_inputs, strict=True):
+            weight, bias = init[names[1]], init[names[2]]
+            if tuple(weight.shape) != tuple(conv.weight.shape):
+                raise BadArguments(
+                    f"{path}: conv weight {weight.shape}, CharCNN{list(widths)} has "
+                    f"{tuple(conv.weight.shape)}"
+                )
+            conv.weight.copy_(torch.from_numpy(np.array(weight)))
+            assert bn.running_mean is not None and bn.running_var is not None
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(torch.from_numpy(np.array(bias)))
+        head = model.head[3]
+        assert isinstance(head, nn.Linear)
+        head.weight.copy_(torch.from_numpy(np.array(init["model.head.3.weight"])))
+        head.bias.copy_(torch.from_numpy(np.array(init["model.head.3.bias"])))
+    return model
 
 
 # --------------------------------------------------------------------------- checkpoints
