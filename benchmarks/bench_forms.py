@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from hwr_batch.classify import load_classifier
-from hwr_batch.forms import read_fields
+from hwr_batch.forms import field_model, read_fields
 from hwr_batch.template import Template
 from training.formgen import (
     box_iou,
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "registration_error_max_of_width": float(np.max(reg_err)) / args.width if reg_err else None,
         "seconds_per_form_auto": float(np.mean(seconds)) if seconds else None,
         "template_errors_by_kind": kind_errors,
-        "model": clf.path,
+        "model": field_model(clf).path,
     }
     for k, v in figures.items():
         print(f"{k:38s} {v:.4f}" if isinstance(v, float) else f"{k:38s} {v}")

@@ -155,12 +155,12 @@ class Classifier:
 
 
 def model_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """Resolve "digits"/"letters"/"alnum" to the bundled file, or check a given path."""
+    """Resolve a bundled model's name ("digits", "letters", "alnum", "digits_forms") to its
+    file, or check a given path."""
     s = str(name_or_path)
-    if s in defaults.CHARSETS:
-        p = Path(str(resources.files("hwr_batch") / "models" / f"{s}.onnx"))
-    else:
-        p = Path(s)
+    bundled = Path(str(resources.files("hwr_batch") / "models" / f"{s}.onnx"))
+    is_bundled = s in defaults.CHARSETS or (s.isidentifier() and bundled.is_file())
+    p = bundled if is_bundled else Path(s)
     if not p.is_file():
         raise ModelError(f"{p}: model file not found")
     return p

@@ -27,6 +27,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
@@ -135,6 +136,12 @@ SECOND_OPINION_WARPS: tuple[tuple[float, float, float], ...] = (
 #: on another mix (letters too) and errs partly elsewhere. Averaged on unsure characters it
 #: fixes MNIST-style digits (the forms above) and leaves USPS/FEMNIST as they were (35, 17).
 SECOND_MODEL: dict[str, str] = {"digits": "alnum"}
+#: Bundled model that reads the fields of a charset in place of the page model. The page
+#: reader's digits model is tuned on characters cut from scanned pages (blurred, thresholded,
+#: a neighbour's stroke at the edge); a box or comb cell holds one clean character, which the
+#: model trained on the data sets alone reads better: bench_forms seeds 5/6/7 template exact
+#: 98.63/97.88/98.62% with it against 98.51/97.76/97.99% with the page-tuned model.
+FIELD_MODEL: dict[str, str] = {"digits": "digits_forms"}
 #: A component with at least this share of its pixels in another comb cell also counts there
 #: (each cell then reads only its own columns).
 COMB_SHARE = 0.2
@@ -1162,12 +1169,30 @@ def _model_for(
     if classifier is not None and (
         cs == page_charset or set(CHARSET_LABELS[cs]) <= set(classifier.labels)
     ):
-        return classifier
+        return field_model(classifier)
     if load is not None:
-        return load(cs)
+        return field_model(load(cs))
     from hwr_batch.classify import load_classifier
 
-    return load_classifier(cs)
+    return field_model(load_classifier(cs))
+
+
+def field_model(clf: Classifier) -> Classifier:
+    """The model that reads fields in place of ``clf``: the bundled :data:`FIELD_MODEL` of a
+    bundled page model (digits -> digits_forms), else ``clf`` itself (a model given by path is
+    used as it is, as is every model when the field model cannot be loaded)."""
+    from hwr_batch.classify import load_classifier, model_path
+    from hwr_batch.errors import ModelError
+
+    name = FIELD_MODEL.get(clf.name)
+    if name is None:
+        return clf
+    try:
+        if Path(clf.path).resolve() != model_path(clf.name).resolve():
+            return clf
+        return load_classifier(name)
+    except (ModelError, OSError):
+        return clf
 
 
 def _second_model(

@@ -407,3 +407,20 @@ def test_second_model_is_loaded_by_name_and_a_missing_one_is_skipped() -> None:
     assert forms._second_model("letters", first, None, load) is None  # type: ignore[arg-type]
     same = forms._second_model("digits", first, {"alnum": first}, None)  # type: ignore[arg-type, dict-item]
     assert same is None
+
+
+def test_digit_fields_are_read_with_the_forms_digits_model(tmp_path: Path) -> None:
+    """The bundled page model for digits hands fields to the bundled forms model; a model
+    given by path, and models with no forms counterpart, read fields themselves."""
+    from hwr_batch.forms import field_model
+
+    digits = load_classifier("digits")
+    forms_model = field_model(digits)
+    assert forms_model.name == "digits_forms" and forms_model.labels == digits.labels
+    assert Path(forms_model.path).parent == Path(digits.path).parent
+    letters = load_classifier("letters")
+    assert field_model(letters) is letters
+    copy = tmp_path / "my_digits.onnx"
+    copy.write_bytes(Path(digits.path).read_bytes())
+    mine = load_classifier(copy)
+    assert field_model(mine) is mine

@@ -465,13 +465,14 @@ def test_console_entry_point_one_line(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- shipped models
 
 
-@pytest.mark.parametrize("name", ["digits", "letters", "alnum"])
+@pytest.mark.parametrize("name", ["digits", "letters", "alnum", "digits_forms"])
 def test_shipped_models_carry_provenance(name: str) -> None:
     clf = hwr_batch.load_classifier(name)
     assert (
         clf.labels
         == {
             "digits": "0123456789",
+            "digits_forms": "0123456789",
             "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
             "alnum": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ",
         }[name]
