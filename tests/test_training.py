@@ -548,3 +548,18 @@ def test_fit_init_and_extra_continue_from_a_model(
     before = hwr_batch.load_classifier(trained / "tiny.onnx").predict_proba(x)
     after = hwr_batch.load_classifier(out / "tiny.onnx").predict_proba(x)
     np.testing.assert_allclose(after, before, atol=1e-3)
+
+
+def test_average_of_a_model_and_its_fine_tune(trained: Path, tmp_path: Path) -> None:
+    """hwr-train average: weight 0 gives the first model back, 1 the second; the result keeps
+    the second's metadata and names both sources."""
+    onnx_path = trained / "tiny.onnx"
+    x = np.random.default_rng(3).random((8, 28, 28), dtype=np.float32)
+    want = hwr_batch.load_classifier(onnx_path).predict_proba(x)
+    out = tmp_path / "avg.onnx"
+    assert main(["average", str(onnx_path), str(onnx_path), str(out), "--weight", "0.3"]) == 0
+    avg = hwr_batch.load_classifier(out)
+    np.testing.assert_allclose(avg.predict_proba(x), want, atol=1e-5)
+    assert avg.labels == "017"
+    assert json.loads(avg.metadata["averaged_from"])["weight_of_b"] == 0.3
+    assert main(["average", str(onnx_path), str(onnx_path), str(out), "--weight", "2"]) == 2

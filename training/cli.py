@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--jobs", type=_positive_int, default=None, help="worker processes")
 
+    a = sub.add_parser("average", help="average the weights of a model and one fine-tuned from it")
+    a.add_argument("a", help="the starting .onnx")
+    a.add_argument("b", help="the fine-tuned .onnx (its metadata is kept)")
+    a.add_argument("output", help="the .onnx to write")
+    a.add_argument("--weight", type=float, default=0.5, help="weight of B (0..1)")
+
     x = sub.add_parser("export", help="export the best weights of a checkpoint to ONNX")
     x.add_argument("checkpoint")
     x.add_argument("output", help="path of the .onnx to write")
@@ -322,6 +328,14 @@ def main(argv: list[str] | None = None) -> int:
             return _run_verifier(args, argv)
         if args.command == "pagecrops":
             return _run_pagecrops(args)
+        if args.command == "average":
+            from training.fit import average_models, command_line
+
+            diff = average_models(
+                Path(args.a), Path(args.b), args.weight, Path(args.output), command_line(argv)
+            )
+            print(f"wrote {args.output} (onnxruntime vs torch max diff {diff:.1e})")
+            return 0
         if args.command == "convert":
             from training.convert import run_convert
 

@@ -622,6 +622,49 @@ def load_initial(path: Path, labels: str, widths: tuple[int, int, int], dropout:
     return model
 
 
+def average_models(a: Path, b: Path, weight: float, out: Path, command: str = "") -> float:
+    """Write to ``out`` the model whose weights are (1 - weight) * a's + weight * b's.
+
+    a, b: exported .onnx models of the same labels and architecture, b fine-tuned from a (an
+    average of two fine-tunes of one start stays a good model; of unrelated models it does
+    not). The metadata is b's, with ``averaged_from`` (both files' SHA-256 and the weight) and
+    ``command``. Returns the export check's largest probability difference.
+    """
+    import hashlib
+
+    import onnx
+
+    if not 0.0 <= weight <= 1.0:
+        raise BadArguments(f"--weight {weight}: expected 0 <= w <= 1")
+    meta = {p.key: p.value for p in onnx.load(str(b)).metadata_props}
+    labels = meta.get("labels", "")
+    arch = meta.get("architecture", "")
+    try:
+        w0, w1, w2 = (int(w) for w in arch[arch.find("[") + 1 : arch.find("]")].split(","))
+    except ValueError:
+        raise BadArguments(f"{b}: no architecture metadata of a CharCNN") from None
+    model_a = load_initial(a, labels, (w0, w1, w2), 0.3)
+    model_b = load_initial(b, labels, (w0, w1, w2), 0.3)
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    model_a.load_state_dict(
+        {
+            k: (1 - weight) * v + weight * sb[k] if v.is_floating_point() else v
+            for k, v in sa.items()
+        }
+    )
+    model_a.eval()
+    meta["averaged_from"] = json.dumps(
+        {
+            "a": hashlib.sha256(a.read_bytes()).hexdigest(),
+            "b": hashlib.sha256(b.read_bytes()).hexdigest(),
+            "weight_of_b": weight,
+        }
+    )
+    meta["command"] = command or meta.get("command", "")
+    meta.pop("quantized_from", None)
+    return export_onnx(model_a, out, meta)
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
