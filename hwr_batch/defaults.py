@@ -288,9 +288,14 @@ VERIFY_PIECE_FACTOR = 0.5
 #: ... with P(one) floored here, so one verifier doubt cannot outweigh everything else.
 VERIFY_FLOOR = 1e-3
 #: A wide group read at SPLIT_CONFIDENT is searched for splits when the verifier's P(one) of it
-#: is under this. Digits seed 5 (weight 0.5): 0.2 / 0.5 / 0.7 gave 102 / 99 / 99 errors; 0.7 the
-#: same on the other pages within 2 errors, for more crops searched.
-VERIFY_SEARCH_BELOW = 0.5
+#: is under this (VERIFY_SEARCH_BELOW_MANY for models of over SPLIT_MANY_CLASSES classes).
+#: Digits seed 5 (weight 0.5): 0.2 / 0.5 / 0.7 gave 102 / 99 / 99 errors; 0.7 the same on the
+#: other pages within 2 errors, for more crops searched. With the page-tuned models (0e2bb27 +
+#: 2d7e677), digits seeds 5-8 at 0.5 / 0.7 / 0.9: 54, 41, 56, 52 / 51, 40, 55, 49 / 50, 39, 55,
+#: 48 errors of 3,600, for 557 / 593 / 675 classifier and 515 / 550 / 633 verifier crops a
+#: page; letters seeds 5, 6 226, 214 at all three, for 14 % / 25 % more CPU at 0.7 / 0.9.
+VERIFY_SEARCH_BELOW = 0.9
+VERIFY_SEARCH_BELOW_MANY = 0.5
 #: A character the page's model reads under SECOND_OPINION_BELOW is read again by the bundled
 #: model named here for it, and the two answers are blended with SECOND_OPINION_WEIGHT on the
 #: second (its probabilities taken over the first model's labels, renormalised). The alnum

@@ -432,7 +432,12 @@ def segment(
         p_one = verify(np.stack([d[2] for d in doubtful]))[:, 1]
         for (g, (crop, own), image, proba), p in zip(doubtful, p_one.tolist(), strict=True):
             wide_enough = g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th)
-            below = defaults.VERIFY_SEARCH_BELOW if wide_enough else defaults.VERIFY_NARROW_BELOW
+            if not wide_enough:
+                below = defaults.VERIFY_NARROW_BELOW
+            elif proba is not None and len(proba) > defaults.SPLIT_MANY_CLASSES:
+                below = defaults.VERIFY_SEARCH_BELOW_MANY
+            else:
+                below = defaults.VERIFY_SEARCH_BELOW
             most = None if wide_enough else defaults.SPLIT_NARROW_MAX_CUTS
             cuts = _cut_candidates(own, th, most) if p < below else []
             if cuts:
