@@ -95,9 +95,19 @@ class Classifier:
         x = self._as_input(crops)
         if len(x) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
+        return self._recheck_rows(x, self._run_fast(x, batch_size), batch_size)
+
+    def _run_fast(self, x: npt.NDArray[np.float32], batch_size: int) -> npt.NDArray[np.float32]:
+        session = self._session if self.fast is None else self.fast
+        return np.asarray(self._run(session, x, batch_size), np.float32)
+
+    def _recheck_rows(
+        self, x: npt.NDArray[np.float32], proba: npt.NDArray[np.float32], batch_size: int
+    ) -> npt.NDArray[np.float32]:
+        """Rows of ``proba`` (int8 answers on model input ``x``) under ``recheck_below``
+        scored again by the float model, in place."""
         if self.fast is None:
-            return np.asarray(self._run(self._session, x, batch_size), np.float32)
-        proba = np.asarray(self._run(self.fast, x, batch_size), np.float32)
+            return proba
         unsure = np.flatnonzero(proba.max(axis=1) < self.recheck_below)
         if len(unsure):
             proba[unsure] = self._run(self._session, x[unsure], batch_size)
@@ -114,8 +124,7 @@ class Classifier:
         x = self._as_input(crops)
         if len(x) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        session = self._session if self.fast is None else self.fast
-        return np.asarray(self._run(session, x, batch_size), np.float32)
+        return self._run_fast(x, batch_size)
 
     def recheck(
         self,
@@ -129,11 +138,7 @@ class Classifier:
         """
         if self.fast is None or len(proba) == 0:
             return proba
-        unsure = np.flatnonzero(proba.max(axis=1) < self.recheck_below)
-        if len(unsure):
-            x = self._as_input(crops)
-            proba[unsure] = self._run(self._session, x[unsure], batch_size)
-        return proba
+        return self._recheck_rows(self._as_input(crops), proba, batch_size)
 
     def predict(
         self, crops: npt.ArrayLike, batch_size: int = defaults.BATCH_SIZE
@@ -249,13 +254,29 @@ def second_model(first: Classifier) -> Classifier | None:
     name = defaults.SECOND_MODEL.get(first.name)
     if name is None or os.environ.get(defaults.SECOND_OPINION_ENV, "") == "0":
         return None
+    if not is_bundled(first):
+        return None
     try:
-        if Path(first.path).resolve() != model_path(first.name).resolve():
-            return None
         second = load_classifier(name)
     except ModelError:
         return None
     return second if set(first.labels) <= set(second.labels) else None
+
+
+def is_bundled(clf: Classifier) -> bool:
+    """True when ``clf`` is read from the bundled file of its own name (not a given path)."""
+    try:
+        return Path(clf.path).resolve() == model_path(clf.name).resolve()
+    except (ModelError, OSError):
+        return False
+
+
+def proba_over(model: Classifier, crops: npt.ArrayLike, labels: str) -> npt.NDArray[np.float64]:
+    """``model``'s probabilities on ``crops`` over ``labels`` (a subset of its own labels),
+    renormalised to sum to 1: float64 (N, len(labels))."""
+    cols = [model.labels.index(lab) for lab in labels]
+    p = np.asarray(model.predict_proba(crops), np.float64)[:, cols]
+    return p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
 
 
 def blend_second_opinion(
@@ -278,9 +299,7 @@ def blend_second_opinion(
     unsure = np.flatnonzero(proba.max(axis=1) < below)
     if second is None or len(unsure) == 0:
         return proba
-    cols = [second.labels.index(lab) for lab in first.labels]
-    p2 = second.predict_proba(np.asarray(crops)[unsure])[:, cols].astype(np.float64)
-    p2 /= np.maximum(p2.sum(axis=1, keepdims=True), 1e-12)
+    p2 = proba_over(second, np.asarray(crops)[unsure], first.labels)
     out = proba.copy()
     out[unsure] = ((1.0 - weight) * proba[unsure] + weight * p2).astype(np.float32)
     return out

@@ -27,7 +27,6 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
@@ -1181,15 +1180,13 @@ def field_model(clf: Classifier) -> Classifier:
     """The model that reads fields in place of ``clf``: the bundled :data:`FIELD_MODEL` of a
     bundled page model (digits -> digits_forms), else ``clf`` itself (a model given by path is
     used as it is, as is every model when the field model cannot be loaded)."""
-    from hwr_batch.classify import load_classifier, model_path
+    from hwr_batch.classify import is_bundled, load_classifier
     from hwr_batch.errors import ModelError
 
     name = FIELD_MODEL.get(clf.name)
-    if name is None:
+    if name is None or not is_bundled(clf):
         return clf
     try:
-        if Path(clf.path).resolve() != model_path(clf.name).resolve():
-            return clf
         return load_classifier(name)
     except (ModelError, OSError):
         return clf
@@ -1258,9 +1255,9 @@ def _with_second_opinion(
     tta = np.asarray(clf.predict_proba(warped), np.float64)
     readings.append(tta.reshape(len(SECOND_OPINION_WARPS), len(x), -1).mean(axis=0))
     if second is not None:
-        cols = [second.labels.index(lab) for lab in clf.labels]
-        p2 = np.asarray(second.predict_proba(x), np.float64)[:, cols]
-        readings.append(p2 / np.maximum(p2.sum(axis=1, keepdims=True), 1e-12))
+        from hwr_batch.classify import proba_over
+
+        readings.append(proba_over(second, x, clf.labels))
     out = proba.copy()
     out[unsure] = np.mean(readings, axis=0).astype(np.float32)
     return out

@@ -206,24 +206,22 @@ def classify_candidates(
         return []
     # Segmentation already classified most characters (it needs their confidence to decide
     # merges and splits); only the rest are classified here, in one batch.
-    todo = [i for i, c in enumerate(seg.chars) if c.proba is None]
-    fresh = clf.predict_proba(np.stack([seg.chars[i].image for i in todo])) if todo else None
+    images = np.stack([c.image for c in seg.chars])
+    done = np.array([c.proba is not None for c in seg.chars])
+    todo = np.flatnonzero(~done)
     proba = np.zeros((len(seg.chars), len(clf.labels)), np.float32)
     for i, c in enumerate(seg.chars):
         if c.proba is not None:
             proba[i] = c.proba
-    if fresh is not None:
-        proba[todo] = fresh
+    if len(todo):
+        proba[todo] = clf.predict_proba(images[todo])
     if fast:
         # The search scored its candidates with the int8 model alone: the characters kept
         # get the float model's answer where the int8 one is unsure, as any other crop does.
-        done = np.array([c.proba is not None for c in seg.chars])
         idx = np.flatnonzero(done)
         if len(idx):
-            images = np.stack([seg.chars[i].image for i in idx])
-            proba[idx] = clf.recheck(images, proba[idx])
+            proba[idx] = clf.recheck(images[idx], proba[idx])
     if second is not None:
-        images = np.stack([c.image for c in seg.chars])
         proba = blend_second_opinion(proba, images, clf, second)
     top = clf.topk(proba, defaults.TOP_K)
     boxes = prep.boxes_to_page(np.array([c.bbox for c in seg.chars], np.float64))

@@ -693,6 +693,8 @@ def _split_wide(
     penalty = defaults.SPLIT_PENALTY
     if proba is not None and proba.shape[1] > defaults.SPLIT_MANY_CLASSES:
         penalty = defaults.SPLIT_PENALTY_MANY
+    # Without a classifier a split is never rewarded, only (at most) charged.
+    piece_penalty = penalty if proba is not None else max(penalty, 0.0)
     by_group: dict[int, list[int]] = {}
     for k, (gi, _, _, _) in enumerate(pieces):
         by_group.setdefault(gi, []).append(k)
@@ -715,7 +717,7 @@ def _split_wide(
                 else:
                     c = float(-np.log(np.clip(proba[k].max(), 1e-6, 1.0))) + verify_cost[k]
                 if i > 0:
-                    c += penalty if proba is not None else max(penalty, 0.0)
+                    c += piece_penalty
                 # A piece much shorter than its group is a slice of a character, not one.
                 c += defaults.SPLIT_SHORT_COST * max(0.0, defaults.SPLIT_MIN_HEIGHT - ph / g.h)
                 # Handwritten characters are rarely much wider than tall: a wide piece pays for

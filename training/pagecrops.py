@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from hwr_batch.records import BBox
 from training.data import LABEL_SETS, LabeledImages
 
 #: A reader box and a placed character's box are the same character from this overlap on.
@@ -71,10 +70,6 @@ def match_boxes(
     return out
 
 
-def _xywh(b: BBox) -> tuple[int, int, int, int]:
-    return (b.x, b.y, b.w, b.h)
-
-
 @dataclass(frozen=True)
 class _PageJob:
     kind: str
@@ -112,8 +107,8 @@ def _one_page(job: _PageJob) -> tuple[npt.NDArray[np.uint8], list[str], int, int
             gray = np.asarray(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE), np.uint8)
     analysis = analyse_page(gray, load_classifier(job.kind))
     placed = [c for line in truth.lines for c in line]
-    found = np.array([_xywh(c.bbox) for c in analysis.chars], np.float64).reshape(-1, 4)
-    boxes = np.array([_xywh(c.bbox) for c in placed], np.float64).reshape(-1, 4)
+    found = np.array([c.bbox.to_list() for c in analysis.chars], np.float64).reshape(-1, 4)
+    boxes = np.array([c.bbox.to_list() for c in placed], np.float64).reshape(-1, 4)
     pairs = match_boxes(found, boxes)
     crops = [
         np.round(np.clip(analysis.seg.chars[fi].image, 0, 1) * 255).astype(np.uint8)
