@@ -563,3 +563,40 @@ def test_average_of_a_model_and_its_fine_tune(trained: Path, tmp_path: Path) -> 
     assert avg.labels == "017"
     assert json.loads(avg.metadata["averaged_from"])["weight_of_b"] == 0.3
     assert main(["average", str(onnx_path), str(onnx_path), str(out), "--weight", "2"]) == 2
+
+
+def test_ensemble_reads_as_the_mean_of_its_members(trained: Path, tmp_path: Path) -> None:
+    """hwr-train ensemble: one file whose probabilities are the mean of its members'; members
+    of other labels are refused."""
+    import onnx
+
+    from training.export import export_onnx
+    from training.fit import load_initial
+
+    first = trained / "tiny.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(first)).metadata_props}
+    other = load_initial(first, "017", (32, 48, 96), 0.0).eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    second = tmp_path / "other.onnx"
+    export_onnx(other, second, meta)
+    x = np.random.default_rng(4).random((12, 28, 28), dtype=np.float32)
+    want = (
+        hwr_batch.load_classifier(first).predict_proba(x)
+        + hwr_batch.load_classifier(second).predict_proba(x)
+    ) / 2
+    out = tmp_path / "ens.onnx"
+    assert main(["ensemble", str(first), str(second), "-o", str(out), "--name", "pair"]) == 0
+    ens = hwr_batch.load_classifier(out)
+    np.testing.assert_allclose(ens.predict_proba(x), want, atol=1e-5)
+    assert ens.name == "pair" and ens.labels == "017"
+    assert [m["sha256"] for m in json.loads(ens.metadata["ensemble_of"])] == [
+        hwr_batch.classify.file_sha256(first),
+        hwr_batch.classify.file_sha256(second),
+    ]
+    meta["labels"] = "018"
+    wrong = tmp_path / "wrong.onnx"
+    export_onnx(other, wrong, meta)
+    assert main(["ensemble", str(first), str(wrong), "-o", str(out)]) == 2
+    assert main(["ensemble", str(first), "-o", str(out)]) == 2

@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("output", help="the .onnx to write")
     a.add_argument("--weight", type=float, default=0.5, help="weight of B (0..1)")
 
+    e = sub.add_parser(
+        "ensemble", help="one model file that reads with several models and averages them"
+    )
+    e.add_argument("models", nargs="+", help="two or more .onnx models of the same labels")
+    e.add_argument("--output", "-o", required=True, help="the .onnx to write")
+    e.add_argument("--name", default="", help="model name stored in the file (default: first's)")
+
     x = sub.add_parser("export", help="export the best weights of a checkpoint to ONNX")
     x.add_argument("checkpoint")
     x.add_argument("output", help="path of the .onnx to write")
@@ -333,6 +340,14 @@ def main(argv: list[str] | None = None) -> int:
 
             diff = average_models(
                 Path(args.a), Path(args.b), args.weight, Path(args.output), command_line(argv)
+            )
+            print(f"wrote {args.output} (onnxruntime vs torch max diff {diff:.1e})")
+            return 0
+        if args.command == "ensemble":
+            from training.fit import command_line, ensemble_models
+
+            diff = ensemble_models(
+                [Path(m) for m in args.models], Path(args.output), args.name, command_line(argv)
             )
             print(f"wrote {args.output} (onnxruntime vs torch max diff {diff:.1e})")
             return 0

@@ -638,13 +638,9 @@ def average_models(a: Path, b: Path, weight: float, out: Path, command: str = ""
         raise BadArguments(f"--weight {weight}: expected 0 <= w <= 1")
     meta = {p.key: p.value for p in onnx.load(str(b)).metadata_props}
     labels = meta.get("labels", "")
-    arch = meta.get("architecture", "")
-    try:
-        w0, w1, w2 = (int(w) for w in arch[arch.find("[") + 1 : arch.find("]")].split(","))
-    except ValueError:
-        raise BadArguments(f"{b}: no architecture metadata of a CharCNN") from None
-    model_a = load_initial(a, labels, (w0, w1, w2), 0.3)
-    model_b = load_initial(b, labels, (w0, w1, w2), 0.3)
+    widths = _charcnn_widths(b, meta)
+    model_a = load_initial(a, labels, widths, 0.3)
+    model_b = load_initial(b, labels, widths, 0.3)
     sa, sb = model_a.state_dict(), model_b.state_dict()
     model_a.load_state_dict(
         {
@@ -663,6 +659,76 @@ def average_models(a: Path, b: Path, weight: float, out: Path, command: str = ""
     meta["command"] = command or meta.get("command", "")
     meta.pop("quantized_from", None)
     return export_onnx(model_a, out, meta)
+
+
+class Ensemble(nn.Module):
+    """Several classifiers of the same labels read as one: the mean of their probabilities.
+
+    Its output is the log of that mean, so the softmax that :func:`export_onnx` puts in the
+    graph gives the mean back exactly (the mean already sums to 1).
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(dim=0)
+        return torch.log(probs.clamp_min(1e-12))
+
+
+def _charcnn_widths(path: Path, meta: dict[str, str]) -> tuple[int, int, int]:
+    arch = meta.get("architecture", "")
+    try:
+        w0, w1, w2 = (int(w) for w in arch[arch.find("[") + 1 : arch.find("]")].split(","))
+    except ValueError:
+        raise BadArguments(f"{path}: no architecture metadata of a CharCNN") from None
+    return w0, w1, w2
+
+
+def ensemble_models(paths: list[Path], out: Path, name: str = "", command: str = "") -> float:
+    """Write to ``out`` one model whose probabilities are the mean of ``paths``' models'.
+
+    paths: two or more exported CharCNN .onnx files with the same labels, trained apart (other
+    seeds, sizes or data), so that their mistakes differ. The metadata is the first model's,
+    with ``name`` (default: the first's), ``ensemble_of`` (each member's SHA-256, name and
+    architecture) and ``command``; the members' test figures stay in their own files. Returns
+    the export check's largest probability difference.
+    """
+    import hashlib
+
+    import onnx
+
+    if len(paths) < 2:
+        raise BadArguments("an ensemble needs at least two models")
+    members: list[nn.Module] = []
+    described = []
+    meta: dict[str, str] = {}
+    for path in paths:
+        if not path.is_file():
+            raise BadArguments(f"{path}: model file not found")
+        m = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        if not meta:
+            meta = dict(m)
+        elif m.get("labels") != meta.get("labels"):
+            raise BadArguments(f"{path}: labels {m.get('labels')!r}, not {meta.get('labels')!r}")
+        widths = _charcnn_widths(path, m)
+        members.append(load_initial(path, meta["labels"], widths, 0.0).eval())
+        described.append(
+            {
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "name": m.get("name", path.stem),
+                "architecture": m.get("architecture", ""),
+                "seed": m.get("seed", ""),
+            }
+        )
+    meta["name"] = name or meta.get("name", out.stem)
+    meta["architecture"] = "Ensemble[" + ", ".join(d["architecture"] for d in described) + "]"
+    meta["ensemble_of"] = json.dumps(described, sort_keys=True)
+    meta["command"] = command or meta.get("command", "")
+    for key in ("quantized_from", "averaged_from"):
+        meta.pop(key, None)
+    return export_onnx(Ensemble(members).eval(), out, meta)
 
 
 # --------------------------------------------------------------------------- checkpoints
