@@ -185,10 +185,10 @@ def prepare_worker(options: ReadOptions) -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    from hwr_batch.classify import load_classifier, second_model
+    from hwr_batch.classify import load_classifier, second_models
 
-    # The page's model and, for a bundled one, the model of its second opinion.
-    second_model(load_classifier(options.model_ref, threads=1))
+    # The page's model and, for a bundled one, the models of its second opinion.
+    second_models(load_classifier(options.model_ref, threads=1))
     _prepared.add(options.model_ref)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -245,22 +246,27 @@ def load_classifier(
     return _load(str(model_path(name_or_path)), threads)
 
 
-def second_model(first: Classifier) -> Classifier | None:
-    """The bundled model that gives ``first``'s unsure characters a second reading, or None.
+def second_models(first: Classifier) -> tuple[Classifier, ...]:
+    """The bundled models that give ``first``'s unsure characters a second reading (may be none).
 
-    Only the bundled models named in ``defaults.SECOND_MODEL`` get one (a model given by path
-    is read as it is), and none when ``defaults.SECOND_OPINION_ENV`` is "0".
+    Only the bundled models named in ``defaults.SECOND_MODEL`` get them (a model given by path
+    is read as it is), and none when ``defaults.SECOND_OPINION_ENV`` is "0". A named model
+    that cannot be loaded, or that lacks some of ``first``'s labels, is left out.
     """
-    name = defaults.SECOND_MODEL.get(first.name)
-    if name is None or os.environ.get(defaults.SECOND_OPINION_ENV, "") == "0":
-        return None
+    names = defaults.SECOND_MODEL.get(first.name, ())
+    if not names or os.environ.get(defaults.SECOND_OPINION_ENV, "") == "0":
+        return ()
     if not is_bundled(first):
-        return None
-    try:
-        second = load_classifier(name)
-    except ModelError:
-        return None
-    return second if set(first.labels) <= set(second.labels) else None
+        return ()
+    out = []
+    for name in names:
+        try:
+            second = load_classifier(name)
+        except ModelError:
+            continue
+        if set(first.labels) <= set(second.labels):
+            out.append(second)
+    return tuple(out)
 
 
 def is_bundled(clf: Classifier) -> bool:
@@ -283,7 +289,7 @@ def blend_second_opinion(
     proba: npt.NDArray[np.float32],
     crops: npt.ArrayLike,
     first: Classifier,
-    second: Classifier | None,
+    second: Classifier | Sequence[Classifier] | None,
     below: float | None = None,
     weight: float | None = None,
 ) -> npt.NDArray[np.float32]:
@@ -291,15 +297,18 @@ def blend_second_opinion(
 
     proba: float32 (N, len(first.labels)), ``first``'s answers on ``crops`` (N, 28, 28). Rows
     whose best probability is under ``below`` (default SECOND_OPINION_BELOW) become
-    (1 - weight) * proba + weight * the second model's probabilities over ``first``'s labels,
-    renormalised (weight: default SECOND_OPINION_WEIGHT). Other rows are unchanged.
+    (1 - weight) * proba + weight * the second reading: the mean of the second models'
+    probabilities over ``first``'s labels, each renormalised (weight: default
+    SECOND_OPINION_WEIGHT). Other rows are unchanged.
     """
     below = defaults.SECOND_OPINION_BELOW if below is None else below
     weight = defaults.SECOND_OPINION_WEIGHT if weight is None else weight
+    seconds = () if second is None else (second,) if isinstance(second, Classifier) else second
     unsure = np.flatnonzero(proba.max(axis=1) < below)
-    if second is None or len(unsure) == 0:
+    if not seconds or len(unsure) == 0:
         return proba
-    p2 = proba_over(second, np.asarray(crops)[unsure], first.labels)
+    x = np.asarray(crops)[unsure]
+    p2 = np.mean([proba_over(model, x, first.labels) for model in seconds], axis=0)
     out = proba.copy()
     out[unsure] = ((1.0 - weight) * proba[unsure] + weight * p2).astype(np.float32)
     return out

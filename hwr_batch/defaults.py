@@ -305,7 +305,7 @@ VERIFY_SEARCH_BELOW_MANY = 0.5
 #: Below 0.8 / 0.95 and weights 0.4 / 0.6 gave the same within 3 errors a set; adding the first
 #: model on six small warps of the input as a third reading gave 190 / 768 against 191 / 769.
 #: Set SECOND_OPINION_ENV to 0 to read with the page's model alone.
-SECOND_MODEL = {"digits": "alnum", "letters": "alnum"}
+SECOND_MODEL: dict[str, tuple[str, ...]] = {"digits": ("alnum",), "letters": ("alnum", "letters_second")}
 SECOND_OPINION_BELOW = 0.9
 SECOND_OPINION_WEIGHT = 0.5
 SECOND_OPINION_ENV = "HWR_SECOND_OPINION"

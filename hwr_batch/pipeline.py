@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from hwr_batch.classify import (
     Classifier,
     blend_second_opinion,
     load_classifier,
-    second_model,
+    second_models,
 )
 from hwr_batch.errors import BadArguments
 from hwr_batch.load import LoadedPage, iter_pages, load_page, to_gray
@@ -190,13 +190,13 @@ def classify_candidates(
     scale: int = 1,
     page_shape: tuple[int, int] | None = None,
     fast: bool = False,
-    second: Classifier | None = None,
+    second: Sequence[Classifier] = (),
 ) -> list[Char]:
     """One batched classification of every character of a page -> Chars (page boxes).
 
     fast: segmentation scored with :meth:`Classifier.predict_proba_fast`; its probabilities
     are rechecked here. second: a second model for the unsure characters
-    (:func:`~hwr_batch.classify.blend_second_opinion`).
+    (:func:`~hwr_batch.classify.blend_second_opinion`); none by default.
 
     scale: the page was analysed at 1/scale; boxes are mapped back to the page of
     ``page_shape`` (H, W) (default: the analysed page), each analysed pixel covering a
@@ -221,7 +221,7 @@ def classify_candidates(
         idx = np.flatnonzero(done)
         if len(idx):
             proba[idx] = clf.recheck(images[idx], proba[idx])
-    if second is not None:
+    if second:
         proba = blend_second_opinion(proba, images, clf, second)
     top = clf.topk(proba, defaults.TOP_K)
     boxes = prep.boxes_to_page(np.array([c.bbox for c in seg.chars], np.float64))
@@ -278,7 +278,7 @@ def analyse_page(
 
     t = time.perf_counter()
     chars = classify_candidates(
-        seg, prep, clf, scale, page_shape, fast=True, second=second_model(clf)
+        seg, prep, clf, scale, page_shape, fast=True, second=second_models(clf)
     )
     timings["classify"] = time.perf_counter() - t
     canvas = np.array([c.bbox for c in seg.chars], np.float64).reshape(-1, 4)

@@ -222,17 +222,18 @@ def test_second_opinion_blends_the_unsure_rows_only(
 ) -> None:
     import shutil
 
-    from hwr_batch.classify import blend_second_opinion, load_classifier, second_model
+    from hwr_batch.classify import blend_second_opinion, load_classifier, second_models
 
     monkeypatch.delenv("HWR_SECOND_OPINION", raising=False)
     digits, alnum = load_classifier("digits"), load_classifier("alnum")
-    assert second_model(digits) is alnum and second_model(load_classifier("letters")) is alnum
-    assert second_model(alnum) is None
+    assert second_models(digits) == (alnum,)
+    assert second_models(load_classifier("letters"))[0] is alnum
+    assert second_models(alnum) == ()
     own = tmp_path / "digits.onnx"  # a user's model by path is read as it is
     shutil.copy(digits.path, own)
-    assert second_model(load_classifier(own)) is None
+    assert second_models(load_classifier(own)) == ()
     monkeypatch.setenv("HWR_SECOND_OPINION", "0")
-    assert second_model(digits) is None
+    assert second_models(digits) == ()
 
     images = _drawn("0123456789" * 3, seed=1)
     p = digits.predict_proba(images)
@@ -246,3 +247,8 @@ def test_second_opinion_blends_the_unsure_rows_only(
     np.testing.assert_allclose(out[unsure], 0.5 * p[unsure] + 0.5 * p2, atol=1e-6)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
     assert blend_second_opinion(p, images, digits, None) is p
+    # Several second models: their mean is the second reading.
+    both = blend_second_opinion(p, images, digits, (alnum, digits), below=below, weight=0.5)
+    p1 = digits.predict_proba(images[unsure])
+    np.testing.assert_allclose(both[unsure], 0.5 * p[unsure] + 0.25 * (p2 + p1), atol=1e-6)
+    np.testing.assert_array_equal(both[~unsure], p[~unsure])

@@ -465,7 +465,7 @@ def test_console_entry_point_one_line(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- shipped models
 
 
-@pytest.mark.parametrize("name", ["digits", "letters", "alnum", "digits_forms"])
+@pytest.mark.parametrize("name", ["digits", "letters", "alnum", "digits_forms", "letters_second"])
 def test_shipped_models_carry_provenance(name: str) -> None:
     clf = hwr_batch.load_classifier(name)
     assert (
@@ -474,6 +474,7 @@ def test_shipped_models_carry_provenance(name: str) -> None:
             "digits": "0123456789",
             "digits_forms": "0123456789",
             "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            "letters_second": "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
             "alnum": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ",
         }[name]
     )
@@ -565,7 +566,9 @@ def test_average_of_a_model_and_its_fine_tune(trained: Path, tmp_path: Path) -> 
     assert main(["average", str(onnx_path), str(onnx_path), str(out), "--weight", "2"]) == 2
 
 
-def test_ensemble_reads_as_the_mean_of_its_members(trained: Path, tmp_path: Path) -> None:
+def test_ensemble_reads_as_the_mean_of_its_members(
+    trained: Path, tiny_npz: Path, tmp_path: Path
+) -> None:
     """hwr-train ensemble: one file whose probabilities are the mean of its members'; members
     of other labels are refused."""
     import onnx
@@ -587,8 +590,12 @@ def test_ensemble_reads_as_the_mean_of_its_members(trained: Path, tmp_path: Path
         + hwr_batch.load_classifier(second).predict_proba(x)
     ) / 2
     out = tmp_path / "ens.onnx"
-    assert main(["ensemble", str(first), str(second), "-o", str(out), "--name", "pair"]) == 0
+    args = ["ensemble", str(first), str(second), "-o", str(out), "--name", "pair"]
+    assert main([*args, "--test", str(tiny_npz)]) == 0
     ens = hwr_batch.load_classifier(out)
+    tested = json.loads(ens.metadata["metrics"])["test"][str(tiny_npz)]
+    assert tested["n"] > 0 and 0.0 <= tested["accuracy"] <= 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ens.onnx", "other.onnx"]
     np.testing.assert_allclose(ens.predict_proba(x), want, atol=1e-5)
     assert ens.name == "pair" and ens.labels == "017"
     assert [m["sha256"] for m in json.loads(ens.metadata["ensemble_of"])] == [

@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("models", nargs="+", help="two or more .onnx models of the same labels")
     e.add_argument("--output", "-o", required=True, help="the .onnx to write")
     e.add_argument("--name", default="", help="model name stored in the file (default: first's)")
+    e.add_argument(
+        "--test",
+        action="append",
+        default=[],
+        help="held-out source whose accuracy goes into the file's metrics (repeatable)",
+    )
 
     x = sub.add_parser("export", help="export the best weights of a checkpoint to ONNX")
     x.add_argument("checkpoint")
@@ -347,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
             from training.fit import command_line, ensemble_models
 
             diff = ensemble_models(
-                [Path(m) for m in args.models], Path(args.output), args.name, command_line(argv)
+                [Path(m) for m in args.models],
+                Path(args.output),
+                args.name,
+                command_line(argv),
+                args.test,
             )
             print(f"wrote {args.output} (onnxruntime vs torch max diff {diff:.1e})")
             return 0

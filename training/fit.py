@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -686,14 +686,23 @@ def _charcnn_widths(path: Path, meta: dict[str, str]) -> tuple[int, int, int]:
     return w0, w1, w2
 
 
-def ensemble_models(paths: list[Path], out: Path, name: str = "", command: str = "") -> float:
+def ensemble_models(
+    paths: list[Path],
+    out: Path,
+    name: str = "",
+    command: str = "",
+    tests: Sequence[str] = (),
+) -> float:
     """Write to ``out`` one model whose probabilities are the mean of ``paths``' models'.
 
-    paths: two or more exported CharCNN .onnx files with the same labels, trained apart (other
-    seeds, sizes or data), so that their mistakes differ. The metadata is the first model's,
-    with ``name`` (default: the first's), ``ensemble_of`` (each member's SHA-256, name and
-    architecture) and ``command``; the members' test figures stay in their own files. Returns
-    the export check's largest probability difference.
+    paths: two or more exported CharCNN .onnx files trained apart (other seeds, sizes or data),
+    so that their mistakes differ. Every member must know the first one's labels; a member with
+    more (alnum beside letters) is read over the first's labels only, renormalised. The
+    metadata is the first model's, with ``name`` (default: the first's), ``ensemble_of``
+    (each member's SHA-256, name, architecture and seed), ``command`` and ``metrics``: the
+    ensemble's own accuracy on each held-out source of ``tests`` (empty without), measured on
+    the written file with onnxruntime. Returns the export check's largest probability
+    difference.
     """
     import hashlib
 
@@ -710,10 +719,22 @@ def ensemble_models(paths: list[Path], out: Path, name: str = "", command: str =
         m = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
         if not meta:
             meta = dict(m)
-        elif m.get("labels") != meta.get("labels"):
-            raise BadArguments(f"{path}: labels {m.get('labels')!r}, not {meta.get('labels')!r}")
-        widths = _charcnn_widths(path, m)
-        members.append(load_initial(path, meta["labels"], widths, 0.0).eval())
+        own = m.get("labels", "")
+        if not set(meta["labels"]) <= set(own):
+            raise BadArguments(f"{path}: labels {own!r} do not hold {meta['labels']!r}")
+        model = load_initial(path, own, _charcnn_widths(path, m), 0.0).eval()
+        if own != meta["labels"]:
+            # Keep only the first model's classes, in its order: a softmax over a subset of
+            # the logits is the member's probabilities over those labels, renormalised.
+            rows = torch.tensor([own.index(c) for c in meta["labels"]])
+            old_head = model.head[-1]
+            head = nn.Linear(old_head.in_features, len(rows))
+            with torch.no_grad():
+                head.weight.copy_(old_head.weight[rows])
+                head.bias.copy_(old_head.bias[rows])
+            model.head[-1] = head
+            model.num_classes = len(rows)
+        members.append(model)
         described.append(
             {
                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -726,9 +747,31 @@ def ensemble_models(paths: list[Path], out: Path, name: str = "", command: str =
     meta["architecture"] = "Ensemble[" + ", ".join(d["architecture"] for d in described) + "]"
     meta["ensemble_of"] = json.dumps(described, sort_keys=True)
     meta["command"] = command or meta.get("command", "")
-    for key in ("quantized_from", "averaged_from"):
+    for key in ("quantized_from", "averaged_from", "train_config"):
         meta.pop(key, None)
-    return export_onnx(Ensemble(members).eval(), out, meta)
+    meta["metrics"] = json.dumps({"test": {}})
+    if not tests:
+        return export_onnx(Ensemble(members).eval(), out, meta)
+    from training.evaluate import evaluate
+
+    # Measured on a written copy, then the figures go into the file's own metadata.
+    draft = out.with_name(out.stem + ".draft.onnx")
+    diff = export_onnx(Ensemble(members).eval(), draft, meta)
+    try:
+        found = {}
+        for spec in tests:
+            m = evaluate(draft, spec)
+            found[spec] = {k: m[k] for k in ("accuracy", "n", "per_source", "skipped_labels")}
+        proto = onnx.load(str(draft))
+        for prop in proto.metadata_props:
+            if prop.key == "metrics":
+                prop.value = json.dumps({"test": found}, sort_keys=True)
+        tmp = out.with_name(out.name + ".tmp")
+        onnx.save(proto, str(tmp))
+        tmp.replace(out)
+    finally:
+        draft.unlink(missing_ok=True)
+    return diff
 
 
 # --------------------------------------------------------------------------- checkpoints
