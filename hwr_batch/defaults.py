@@ -304,15 +304,15 @@ VERIFY_SEARCH_BELOW_MANY = 0.5
 #: digits seeds 5, 6, 7: 76, 57, 69 / 72, 54, 65; letters 267, 238, 295 / 248, 235, 286.
 #: Below 0.8 / 0.95 and weights 0.4 / 0.6 gave the same within 3 errors a set; adding the first
 #: model on six small warps of the input as a third reading gave 190 / 768 against 191 / 769.
-#: Several models named: the second reading is their mean. letters_second.onnx (a letters model
-#: trained apart, seed 1) beside alnum: letters seeds 5, 6, 7: 226, 214, 266 -> 223, 211, 256
-#: (letters_second alone in place of alnum: no gain; a 2/3 weight on the pair: 224, 211, 257).
-#: The same for digits with a second digits model: 50, 39, 55, 48 -> 51, 39, 57, 49 (seeds 5-8):
-#: not taken.
+#: Several models named: the second reading is their mean. Tried and not kept: a second letters
+#: model trained apart (seed 1, 96.09% held out) beside alnum took letters seeds 5, 6, 7 from
+#: 226, 214, 266 to 223, 211, 256 errors, but the 100 reporting pages (seed 0) read 6.48%
+#: against 6.47% at 22% fewer pages/s (results/bench_pages_100_s6_letters_second.json); a second
+#: digits model beside alnum: digits seeds 5-8 50, 39, 55, 48 -> 51, 39, 57, 49.
 #: Set SECOND_OPINION_ENV to 0 to read with the page's model alone.
 SECOND_MODEL: dict[str, tuple[str, ...]] = {
     "digits": ("alnum",),
-    "letters": ("alnum", "letters_second"),
+    "letters": ("alnum",),
 }
 SECOND_OPINION_BELOW = 0.9
 SECOND_OPINION_WEIGHT = 0.5

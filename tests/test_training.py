@@ -465,7 +465,7 @@ def test_console_entry_point_one_line(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- shipped models
 
 
-@pytest.mark.parametrize("name", ["digits", "letters", "alnum", "digits_forms", "letters_second"])
+@pytest.mark.parametrize("name", ["digits", "letters", "alnum", "digits_forms"])
 def test_shipped_models_carry_provenance(name: str) -> None:
     clf = hwr_batch.load_classifier(name)
     assert (
@@ -474,7 +474,6 @@ def test_shipped_models_carry_provenance(name: str) -> None:
             "digits": "0123456789",
             "digits_forms": "0123456789",
             "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
-            "letters_second": "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
             "alnum": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ",
         }[name]
     )
