@@ -137,9 +137,11 @@ SECOND_OPINION_WARPS: tuple[tuple[float, float, float], ...] = (
 SECOND_MODEL: dict[str, str] = {"digits": "alnum"}
 #: Bundled model that reads the fields of a charset in place of the page model. The page
 #: reader's digits model is tuned on characters cut from scanned pages (blurred, thresholded,
-#: a neighbour's stroke at the edge); a box or comb cell holds one clean character, which the
-#: model trained on the data sets alone reads better: bench_forms seeds 5/6/7 template exact
-#: 98.63/97.88/98.62% with it against 98.51/97.76/97.99% with the page-tuned model.
+#: a neighbour's stroke at the edge); a box or comb cell holds one clean character, which
+#: models trained on the data sets alone read better: bench_forms seeds 5/6/7 template exact
+#: 98.63/97.88/98.62% with the data-set model against 98.51/97.76/97.99% with the page-tuned
+#: one. digits_forms.onnx is now the mean of that model and a second one trained apart
+#: (``hwr-train ensemble``): 98.88/98.13/98.49% (model card: hwr_batch/models/digits_forms.md).
 FIELD_MODEL: dict[str, str] = {"digits": "digits_forms"}
 #: A component with at least this share of its pixels in another comb cell also counts there
 #: (each cell then reads only its own columns).
