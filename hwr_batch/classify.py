@@ -165,8 +165,8 @@ def model_path(name_or_path: str | os.PathLike[str]) -> Path:
     file, or check a given path."""
     s = str(name_or_path)
     bundled = Path(str(resources.files("hwr_batch") / "models" / f"{s}.onnx"))
-    is_bundled = s in defaults.CHARSETS or (s.isidentifier() and bundled.is_file())
-    p = bundled if is_bundled else Path(s)
+    named = s in defaults.CHARSETS or (s.isidentifier() and bundled.is_file())
+    p = bundled if named else Path(s)
     if not p.is_file():
         raise ModelError(f"{p}: model file not found")
     return p

@@ -1170,12 +1170,14 @@ def _model_for(
     if classifier is not None and (
         cs == page_charset or set(CHARSET_LABELS[cs]) <= set(classifier.labels)
     ):
-        return field_model(classifier)
-    if load is not None:
-        return field_model(load(cs))
-    from hwr_batch.classify import load_classifier
+        base = classifier
+    elif load is not None:
+        base = load(cs)
+    else:
+        from hwr_batch.classify import load_classifier
 
-    return field_model(load_classifier(cs))
+        base = load_classifier(cs)
+    return field_model(base)
 
 
 def field_model(clf: Classifier) -> Classifier:

@@ -32,6 +32,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from hwr_batch.classify import file_sha256
 from hwr_batch.errors import BadArguments, DataError
 from training.augment import NO_AUGMENT, AugmentConfig, augment_batch, make_generator
 from training.data import LABEL_SETS, LabeledImages
@@ -630,8 +631,6 @@ def average_models(a: Path, b: Path, weight: float, out: Path, command: str = ""
     not). The metadata is b's, with ``averaged_from`` (both files' SHA-256 and the weight) and
     ``command``. Returns the export check's largest probability difference.
     """
-    import hashlib
-
     import onnx
 
     if not 0.0 <= weight <= 1.0:
@@ -651,8 +650,8 @@ def average_models(a: Path, b: Path, weight: float, out: Path, command: str = ""
     model_a.eval()
     meta["averaged_from"] = json.dumps(
         {
-            "a": hashlib.sha256(a.read_bytes()).hexdigest(),
-            "b": hashlib.sha256(b.read_bytes()).hexdigest(),
+            "a": file_sha256(a),
+            "b": file_sha256(b),
             "weight_of_b": weight,
         }
     )
@@ -704,8 +703,6 @@ def ensemble_models(
     the written file with onnxruntime. Returns the export check's largest probability
     difference.
     """
-    import hashlib
-
     import onnx
 
     if len(paths) < 2:
@@ -737,7 +734,7 @@ def ensemble_models(
         members.append(model)
         described.append(
             {
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "sha256": file_sha256(path),
                 "name": m.get("name", path.stem),
                 "architecture": m.get("architecture", ""),
                 "seed": m.get("seed", ""),
