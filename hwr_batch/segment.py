@@ -197,24 +197,20 @@ def _cut_candidates(
     kern = np.ones(k) / k
     margin = max(2, int(defaults.SPLIT_MIN_PIECE * text_h))
 
-    def valleys(sig: npt.NDArray[np.float64]) -> list[tuple[float, int]]:
-        # Columns in [margin, w - margin) that are the minimum of their (2k + 1) window.
-        s = np.convolve(sig, kern, mode="same")
-        padded = np.pad(s, k, constant_values=np.inf)
-        local_min = np.lib.stride_tricks.sliding_window_view(padded, 2 * k + 1).min(axis=1)
-        at = np.flatnonzero(s[margin : w - margin] <= local_min[margin : w - margin] + 1e-9)
-        return [(float(s[c]), int(c)) for c in at + margin]
-
+    # Each profile smoothed, and its valleys: columns in [margin, w - margin) that are the
+    # minimum of their (2k + 1) window (an erosion, the border counting as +inf). Every valley
+    # is ranked by how deep it is relative to the profile's typical value.
+    profiles = ((col, max(col.max(), 1.0)), (-top, float(h)), (bottom, float(h)))
+    smooth = np.stack([np.convolve(sig, kern, mode="same") for sig, _ in profiles])
+    local_min = cv2.erode(smooth, np.ones((1, 2 * k + 1), np.uint8))
+    inner = slice(margin, w - margin)
     scored: list[tuple[float, int, float]] = []
-    # Rank every valley by how deep it is relative to the group's typical value.
-    for sig, scale, slanted in (
-        (col, max(col.max(), 1.0), True),
-        (-top, float(h), False),
-        (bottom, float(h), False),
-    ):
-        for v, c in valleys(sig):
-            slope = float(slants[best_slant[c]]) if slanted else 0.0
-            scored.append(((v - float(sig.max())) / scale, c, slope))
+    for r, (sig, scale) in enumerate(profiles):
+        at = np.flatnonzero(smooth[r, inner] <= local_min[r, inner] + 1e-9) + margin
+        peak = float(sig.max())
+        for c in at.tolist():
+            slope = float(slants[best_slant[c]]) if r == 0 else 0.0
+            scored.append(((float(smooth[r, c]) - peak) / scale, c, slope))
     scored.sort()
     n_exp = max(2, int(round(w / (defaults.SPLIT_CHAR_WIDTH * text_h))))
     even = [int(round(w * i / n_exp)) for i in range(1, n_exp)]
@@ -424,7 +420,11 @@ def segment(
             elif verify is not None:
                 doubtful.append((g, (crop, own), image, proba))
                 continue
-        elif verify is not None and g.w > defaults.SPLIT_NARROW_ASPECT * max(g.h, th):
+        elif (
+            verify is not None
+            and g.w > defaults.SPLIT_NARROW_ASPECT * max(g.h, th)
+            and _narrow_bar(proba) > 0
+        ):
             doubtful.append((g, (crop, own), image, proba))
             continue
         seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), image, proba))
@@ -433,7 +433,7 @@ def segment(
         for (g, (crop, own), image, proba), p in zip(doubtful, p_one.tolist(), strict=True):
             wide_enough = g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th)
             if not wide_enough:
-                below = defaults.VERIFY_NARROW_BELOW
+                below = _narrow_bar(proba)
             elif proba is not None and len(proba) > defaults.SPLIT_MANY_CLASSES:
                 below = defaults.VERIFY_SEARCH_BELOW_MANY
             else:
@@ -448,6 +448,13 @@ def segment(
     if wide:
         _split_wide(wide, th, scorer, seg, verify)
     return seg
+
+
+def _narrow_bar(proba: npt.NDArray[np.float32] | None) -> float:
+    """The verifier's P(one) under which a narrow group is searched (0: never searched)."""
+    if proba is not None and len(proba) > defaults.SPLIT_MANY_CLASSES:
+        return defaults.VERIFY_NARROW_BELOW_MANY
+    return defaults.VERIFY_NARROW_BELOW
 
 
 def model_input(crop: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:

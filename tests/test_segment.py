@@ -294,3 +294,38 @@ def test_two_touching_ones_split_when_the_verifier_doubts_them(digits: Classifie
     assert defaults.SPLIT_NARROW_ASPECT * th < whole[2] < defaults.SPLIT_MIN_ASPECT * th
     doubt = segment(page, digits.predict_proba, verifier=verifier_saying(0.05))
     assert len(in_row(doubt, 280, 400)) == 2
+
+
+def test_narrow_groups_are_not_searched_for_letters_models(digits: Classifier) -> None:
+    """A model of more than SPLIT_MANY_CLASSES classes (letters, alnum) leaves narrow groups
+    whole without asking the verifier (VERIFY_NARROW_BELOW_MANY = 0): the two touching 1s the
+    digit model splits stay one character, and only the page's roomy groups are verified."""
+
+    def ones(ink: np.ndarray) -> None:
+        cv2.line(ink, (300, 300), (312, 366), 255, PEN, cv2.LINE_AA)
+        cv2.line(ink, (336, 300), (316, 366), 255, PEN, cv2.LINE_AA)
+
+    def many_classes(x: np.ndarray) -> np.ndarray:
+        # The digit model's answer padded with 26 classes that never win: as many classes as
+        # alnum, the same choices.
+        p = digits.predict_proba(x)
+        return np.concatenate([p, np.zeros((len(p), 26), np.float32)], axis=1)
+
+    asked: list[np.ndarray] = []
+
+    def doubting(x: np.ndarray) -> np.ndarray:
+        asked.append(x)
+        p = np.full(len(x), 0.05, np.float32)
+        return np.stack([1 - p, p], axis=1)
+
+    page = preprocess(page_with(ones))
+    assert defaults.VERIFY_NARROW_BELOW_MANY == 0
+    assert len(in_row(segment(page, digits.predict_proba, verifier=doubting), 280, 400)) == 2
+    asked.clear()
+    seg = segment(page, many_classes, verifier=doubting)
+    (whole,) = in_row(seg, 280, 400)
+    th = seg.text_height
+    assert whole[2] < defaults.SPLIT_MIN_ASPECT * th
+    # Nothing on this page is wider than SPLIT_MIN_ASPECT: the zeros (which a digit model's
+    # verifier sees once each) and the pair went unasked.
+    assert not asked
