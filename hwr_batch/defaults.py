@@ -282,8 +282,13 @@ VERIFIER_TASK = "single-character verifier"
 #: Weight of the verifier's cost -log(P(one) / 0.5) in a split candidate's cost (the
 #: classifier's -log confidence has weight 1). On 12 generated pages each of seeds 5 / 6
 #: (character errors of 3,600; without the verifier: digits 121 / 104, letters 322 / 314),
-#: 1.0 gave digits 103 / 85 and letters 285 / 272, 0.5 gave 99 / 83 and 275 / 252.
-VERIFY_WEIGHT = 0.5
+#: 1.0 gave digits 103 / 85 and letters 285 / 272, 0.5 gave 99 / 83 and 275 / 252. With the
+#: second verifier (twice the strips, 8 epochs; see verifier.md), errors of 3,600 on the 12
+#: pages of each tuning seed at 0.5 / 0.35 / 0.2 / 0.1: digits seeds 5-8 53, 39, 52, 47 / 50,
+#: 37, 51, 47 / 48, 33, 48, 47 / 57, 38, 53, 46; letters seeds 5-7 209, 218, 255 / 207, 215,
+#: 248 / 214, 211, 241 / 219, 215, 240; mixed seed 5 at 0.2: 333. The first verifier at 0.5:
+#: digits 50, 39, 55, 48, letters 226, 215, 266, mixed 338.
+VERIFY_WEIGHT = 0.2
 #: ... times this for the pieces of a split (the whole group keeps VERIFY_WEIGHT). A piece cut
 #: from a pair that overlaps keeps a sliver of its neighbour, and the verifier doubts it even
 #: when the classifier reads it right ("16" cut into a 1 at 0.97 and a 6 at 0.94, verifier

@@ -140,11 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="digits,letters",
         help="training splits (recipes of training.sources) the strips are drawn from",
     )
-    v.add_argument("--strips", type=_positive_int, default=6000, help="strips per source")
+    v.add_argument("--strips", type=_positive_int, default=12000, help="strips per source")
     v.add_argument(
         "--test-strips", type=_positive_int, default=1500, help="held-out strips per source"
     )
-    v.add_argument("--epochs", type=_positive_int, default=4)
+    v.add_argument("--epochs", type=_positive_int, default=8)
     v.add_argument("--batch-size", type=_positive_int, default=256)
     v.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (OneCycle)")
     v.add_argument("--widths", type=_widths, default=None, help="channels of the 3 stages")

@@ -246,9 +246,9 @@ class VerifierConfig:
     out_dir: str = "runs/verifier"
     output: str = "hwr_batch/models/verifier.onnx"
     sources: tuple[str, ...] = ("digits", "letters")
-    strips: int = 6000
+    strips: int = 12000
     test_strips: int = 1500
-    epochs: int = 4
+    epochs: int = 8
     batch_size: int = 256
     lr: float = 3e-3
     weight_decay: float = 5e-4
