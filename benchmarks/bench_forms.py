@@ -31,9 +31,10 @@ import cv2
 import numpy as np
 
 from hwr_batch.classify import load_classifier
-from hwr_batch.forms import field_model, read_fields
+from hwr_batch.forms import FormsResult, field_model, read_fields
 from hwr_batch.template import Template
 from training.formgen import (
+    GeneratedForm,
     box_iou,
     load_mnist_test,
     make_layout,
@@ -42,10 +43,14 @@ from training.formgen import (
 )
 
 
-def registration_error(tpl: Template, result, form, shape: tuple[int, int]) -> float:  # type: ignore[no-untyped-def]
+def registration_error(
+    tpl: Template, result: FormsResult, form: GeneratedForm, shape: tuple[int, int]
+) -> float:
     """Mean corner distance (px) of the template's fields: registered vs true position."""
     h, w = shape
     reg = result.registration
+    if reg is None or result.deskew is None:
+        raise ValueError("the form was not registered")
     inv = cv2.invertAffineTransform(result.deskew)
     errs = []
     for f in tpl.fields:

@@ -78,7 +78,7 @@ def crops_per_second(name: str, crops: np.ndarray, threads: int, seconds: float)
     batch = len(crops)
     for _ in range(3):
         clf.predict(crops, batch_size=batch)
-    rates = []
+    rates: list[float] = []
     cpu0 = time.process_time()
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(rates) < 5:

@@ -189,7 +189,7 @@ def quantize_int8(
         raise ValueError(f"recheck_below must be in [0, 1], got {recheck_below}")
     x = calibration.astype(np.float32)[:, None] / 255.0
 
-    class _Batches(CalibrationDataReader):  # type: ignore[misc]
+    class _Batches(CalibrationDataReader):
         def __init__(self) -> None:
             self.start = 0
 

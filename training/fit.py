@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -724,7 +724,7 @@ def ensemble_models(
             # Keep only the first model's classes, in its order: a softmax over a subset of
             # the logits is the member's probabilities over those labels, renormalised.
             rows = torch.tensor([own.index(c) for c in meta["labels"]])
-            old_head = model.head[-1]
+            old_head = cast(nn.Linear, model.head[-1])
             head = nn.Linear(old_head.in_features, len(rows))
             with torch.no_grad():
                 head.weight.copy_(old_head.weight[rows])

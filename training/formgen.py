@@ -269,7 +269,9 @@ def render_form(
         float(rng.uniform(-max_shift, max_shift) * layout.width),
         float(rng.uniform(-max_shift, max_shift) * layout.height),
     )
-    m = cv2.getRotationMatrix2D((layout.width / 2, layout.height / 2), angle, scale)
+    m = np.asarray(
+        cv2.getRotationMatrix2D((layout.width / 2, layout.height / 2), angle, scale), np.float64
+    )
     m[0, 2] += shift[0]
     m[1, 2] += shift[1]
     scan = cv2.warpAffine(

@@ -173,16 +173,22 @@ def _render_glyph(
     if angle:
         c = (g.shape[1] / 2.0, g.shape[0] / 2.0)
         m = cv2.getRotationMatrix2D(c, angle, 1.0)
-        g = cv2.warpAffine(g, m, (g.shape[1], g.shape[0]), flags=cv2.INTER_LINEAR)
+        g = np.asarray(
+            cv2.warpAffine(g, m, (g.shape[1], g.shape[0]), flags=cv2.INTER_LINEAR), np.float32
+        )
     # MNIST strokes are ~2.5 px at 28 px; scaled up they are ~8-10 px. Thin or thicken to
     # the page's pen by eroding / dilating in page pixels.
     target = pen * 2 + 1
     diff = int(round(target - _stroke_width(g > 0.5)))
     k = abs(diff) // 2 * 2 + 1
     if diff < -1:
-        g = cv2.erode(g, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        g = np.asarray(
+            cv2.erode(g, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))), np.float32
+        )
     elif diff > 1:
-        g = cv2.dilate(g, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        g = np.asarray(
+            cv2.dilate(g, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))), np.float32
+        )
     g = np.where(g > 0.45, 1.0, g / 0.45 * 0.5).astype(np.float32)
     ys, xs = np.nonzero(g > 0.5)
     if len(ys) == 0:
@@ -296,7 +302,8 @@ def generate_page(
     page = _paper(st, rng, (height, width))
     ink_level = float(rng.uniform(*st.ink_level))
     cover = np.maximum(ink, rule_layer)
-    gray = page * (1.0 - cover) + ink_level * cover
+    # float32 throughout (paper, ink and rules are); astype only states it.
+    gray = (page * (1.0 - cover) + ink_level * cover).astype(np.float32, copy=False)
 
     angle = 0.0
     truth_lines = lines
@@ -306,14 +313,16 @@ def generate_page(
     if st.lighting:
         gray = gray * _lighting(st.lighting, rng, gray.shape)
     if st.blur_sigma:
-        gray = cv2.GaussianBlur(gray, (0, 0), float(rng.uniform(0.5, 1.0)) * st.blur_sigma)
+        sigma = float(rng.uniform(0.5, 1.0)) * st.blur_sigma
+        gray = np.asarray(cv2.GaussianBlur(gray, (0, 0), sigma), np.float32)
     if st.noise_std:
         gray = gray + rng.normal(0, st.noise_std, gray.shape).astype(np.float32)
     out = np.clip(gray + 0.5, 0, 255).astype(np.uint8)
     if st.jpeg_quality:
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, st.jpeg_quality])
-        if ok:
-            out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else None
+        if decoded is not None:
+            out = np.asarray(decoded, np.uint8)
     return out, PageTruth(truth_lines, skew_angle=angle)
 
 
@@ -346,7 +355,9 @@ def _lighting(
     field_small = 0.6 * lin + 0.4 * (1 - spot)
     field_small = (field_small - field_small.min()) / max(float(np.ptp(field_small)), 1e-6)
     light = 1.0 - depth * field_small
-    return cv2.resize(light.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.asarray(
+        cv2.resize(light.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR), np.float32
+    )
 
 
 def _rotate_page(
@@ -355,8 +366,16 @@ def _rotate_page(
     """Rotate the page about its centre (same size) and move the truth boxes with it."""
     h, w = gray.shape
     m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
-    out = cv2.warpAffine(
-        gray, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
+    out = np.asarray(
+        cv2.warpAffine(
+            gray,
+            m,
+            (w, h),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=fill,
+        ),
+        np.float32,
     )
     new_lines = []
     for line in lines:
