@@ -403,42 +403,34 @@ def segment(
         groups, crops, images, probas, n_beside = merged
         seg.n_merged += n_beside
     wide: list[_Wide] = []
-    # Wide groups read confidently as one character: searched only if the verifier doubts them.
-    doubtful: list[tuple[_Group, _Crop, npt.NDArray[np.float32], _Proba]] = []
+    # Groups read confidently as one character (and narrow ones) are searched only if the
+    # verifier doubts them: (group, crop, image, proba, P(one) bar, most cuts).
+    doubtful: list[tuple[_Group, _Crop, npt.NDArray[np.float32], _Proba, float, int | None]] = []
     for g, (crop, own), image, proba in zip(groups, crops, images, probas, strict=True):
-        aspect = g.w / max(g.h, 1)
-        if g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th):
-            if not (
-                proba is not None
-                and float(proba.max()) >= defaults.SPLIT_CONFIDENT
-                and aspect <= defaults.SPLIT_ALWAYS_ASPECT
-            ):
-                cuts = _cut_candidates(own, th)
-                if cuts:
-                    wide.append(_Wide(g, crop, own, cuts, image, proba))
-                    continue
-            elif verify is not None:
-                doubtful.append((g, (crop, own), image, proba))
-                continue
-        elif (
-            verify is not None
-            and g.w > defaults.SPLIT_NARROW_ASPECT * max(g.h, th)
-            and _narrow_bar(proba) > 0
+        wide_enough = g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th)
+        if wide_enough and not (
+            proba is not None
+            and float(proba.max()) >= defaults.SPLIT_CONFIDENT
+            and g.w / max(g.h, 1) <= defaults.SPLIT_ALWAYS_ASPECT
         ):
-            doubtful.append((g, (crop, own), image, proba))
-            continue
+            cuts = _cut_candidates(own, th)
+            if cuts:
+                wide.append(_Wide(g, crop, own, cuts, image, proba))
+                continue
+        elif verify is not None and (
+            wide_enough or g.w > defaults.SPLIT_NARROW_ASPECT * max(g.h, th)
+        ):
+            below = _search_bar(proba, wide_enough)
+            if below > 0:
+                most = None if wide_enough else defaults.SPLIT_NARROW_MAX_CUTS
+                doubtful.append((g, (crop, own), image, proba, below, most))
+                continue
         seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), image, proba))
     if doubtful and verify is not None:
         p_one = verify(np.stack([d[2] for d in doubtful]))[:, 1]
-        for (g, (crop, own), image, proba), p in zip(doubtful, p_one.tolist(), strict=True):
-            wide_enough = g.w > defaults.SPLIT_MIN_ASPECT * max(g.h, th)
-            if not wide_enough:
-                below = _narrow_bar(proba)
-            elif proba is not None and len(proba) > defaults.SPLIT_MANY_CLASSES:
-                below = defaults.VERIFY_SEARCH_BELOW_MANY
-            else:
-                below = defaults.VERIFY_SEARCH_BELOW
-            most = None if wide_enough else defaults.SPLIT_NARROW_MAX_CUTS
+        for (g, (crop, own), image, proba, below, most), p in zip(
+            doubtful, p_one.tolist(), strict=True
+        ):
             cuts = _cut_candidates(own, th, most) if p < below else []
             if cuts:
                 wide.append(_Wide(g, crop, own, cuts, image, proba, p))
@@ -450,11 +442,14 @@ def segment(
     return seg
 
 
-def _narrow_bar(proba: npt.NDArray[np.float32] | None) -> float:
-    """The verifier's P(one) under which a narrow group is searched (0: never searched)."""
-    if proba is not None and len(proba) > defaults.SPLIT_MANY_CLASSES:
-        return defaults.VERIFY_NARROW_BELOW_MANY
-    return defaults.VERIFY_NARROW_BELOW
+def _search_bar(proba: npt.NDArray[np.float32] | None, wide_enough: bool) -> float:
+    """The verifier's P(one) under which a group read as one character is still searched:
+    VERIFY_SEARCH_BELOW for groups wide enough to hold two, VERIFY_NARROW_BELOW for narrower
+    ones, each with its _MANY value for models of over SPLIT_MANY_CLASSES classes (0: never)."""
+    many = proba is not None and len(proba) > defaults.SPLIT_MANY_CLASSES
+    if wide_enough:
+        return defaults.VERIFY_SEARCH_BELOW_MANY if many else defaults.VERIFY_SEARCH_BELOW
+    return defaults.VERIFY_NARROW_BELOW_MANY if many else defaults.VERIFY_NARROW_BELOW
 
 
 def model_input(crop: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
