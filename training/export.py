@@ -62,6 +62,19 @@ def build_metadata(
     return meta
 
 
+def metadata_of(proto: Any) -> dict[str, str]:
+    """The metadata of a loaded ONNX model (``onnx.ModelProto``) as a dict."""
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def set_metadata(proto: Any, metadata: dict[str, str]) -> None:
+    """Replace all the metadata of a loaded ONNX model with ``metadata``."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -100,10 +113,7 @@ def export_onnx(
             do_constant_folding=True,
         )
     proto = onnx.load(str(tmp))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
+    set_metadata(proto, metadata)
     proto.doc_string = f"hwr-batch character model '{metadata.get('name', path.stem)}'"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(tmp))
@@ -217,7 +227,7 @@ def quantize_int8(
             extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
         )
         proto = onnx.load(str(tmp))
-        meta = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
+        meta = metadata_of(onnx.load(str(src)))
         meta["quantized_from"] = file_sha256(src)
         meta["recheck_below"] = repr(float(recheck_below))
         meta["quantization"] = json.dumps(
@@ -232,10 +242,7 @@ def quantize_int8(
             },
             sort_keys=True,
         )
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            prop = proto.metadata_props.add()
-            prop.key, prop.value = key, value
+        set_metadata(proto, meta)
         onnx.save(proto, str(tmp))
         sessions = [
             ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (src, tmp)

@@ -36,7 +36,7 @@ from hwr_batch.classify import file_sha256
 from hwr_batch.errors import BadArguments, DataError
 from training.augment import NO_AUGMENT, AugmentConfig, augment_batch, make_generator
 from training.data import LABEL_SETS, LabeledImages
-from training.export import build_metadata, export_onnx
+from training.export import build_metadata, export_onnx, metadata_of, set_metadata
 from training.model import DEFAULT_WIDTHS, CharCNN, count_parameters
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -586,7 +586,7 @@ def load_initial(path: Path, labels: str, widths: tuple[int, int, int], dropout:
 
     proto = onnx.load(str(path))
     graph = proto.graph
-    meta_labels = {p.key: p.value for p in proto.metadata_props}.get("labels")
+    meta_labels = metadata_of(proto).get("labels")
     if meta_labels is not None and meta_labels != labels:
         raise BadArguments(f"{path}: labels {meta_labels!r}, this run trains {labels!r}")
     init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -635,7 +635,7 @@ def average_models(a: Path, b: Path, weight: float, out: Path, command: str = ""
 
     if not 0.0 <= weight <= 1.0:
         raise BadArguments(f"--weight {weight}: expected 0 <= w <= 1")
-    meta = {p.key: p.value for p in onnx.load(str(b)).metadata_props}
+    meta = metadata_of(onnx.load(str(b)))
     labels = meta.get("labels", "")
     widths = _charcnn_widths(b, meta)
     model_a = load_initial(a, labels, widths, 0.3)
@@ -713,7 +713,7 @@ def ensemble_models(
     for path in paths:
         if not path.is_file():
             raise BadArguments(f"{path}: model file not found")
-        m = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        m = metadata_of(onnx.load(str(path)))
         if not meta:
             meta = dict(m)
         own = m.get("labels", "")
@@ -760,9 +760,8 @@ def ensemble_models(
             m = evaluate(draft, spec)
             found[spec] = {k: m[k] for k in ("accuracy", "n", "per_source", "skipped_labels")}
         proto = onnx.load(str(draft))
-        for prop in proto.metadata_props:
-            if prop.key == "metrics":
-                prop.value = json.dumps({"test": found}, sort_keys=True)
+        metrics = json.dumps({"test": found}, sort_keys=True)
+        set_metadata(proto, {**metadata_of(proto), "metrics": metrics})
         tmp = out.with_name(out.name + ".tmp")
         onnx.save(proto, str(tmp))
         tmp.replace(out)
