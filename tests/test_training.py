@@ -572,11 +572,11 @@ def test_ensemble_reads_as_the_mean_of_its_members(
     of other labels are refused."""
     import onnx
 
-    from training.export import export_onnx
+    from training.export import export_onnx, metadata_of
     from training.fit import load_initial
 
     first = trained / "tiny.onnx"
-    meta = {p.key: p.value for p in onnx.load(str(first)).metadata_props}
+    meta = metadata_of(onnx.load(str(first)))
     other = load_initial(first, "017", (32, 48, 96), 0.0).eval()
     with torch.no_grad():
         for p in other.parameters():
