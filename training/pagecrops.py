@@ -7,10 +7,7 @@ those images with true labels: it draws pages with :mod:`training.pagegen` from 
 *training* split (never its test split, so the benchmark pages stay unseen), reads each with the
 reader's own analysis (:func:`hwr_batch.pipeline.analyse_page`), and keeps every character whose
 box matches one placed character (intersection over union >= ``MIN_IOU``, one to one), labelled
-with that character. Characters the reader cut wrongly have no match and are left out, and so
-are boxes that also hold most of a second placed character (``MAX_OTHER_COVER``): a narrow
-letter merged into its neighbour ("UJ") still overlaps the wide one by more than ``MIN_IOU``,
-and labelled as that one it would teach the model to read two letters as one.
+with that character. Characters the reader cut wrongly have no match and are left out.
 
 ``page_crops(kind, pages, seed) -> LabeledImages`` (groups ``pagecrops/<style>``);
 ``hwr-train pagecrops`` writes them as an npz that ``hwr-train fit --extra`` takes.
@@ -32,11 +29,6 @@ from training.data import LABEL_SETS, LabeledImages
 
 #: A reader box and a placed character's box are the same character from this overlap on.
 MIN_IOU = 0.5
-#: A reader box that covers more than this fraction of a second placed character's box holds
-#: two characters, whatever its best overlap: it is not a training image of either. Touching
-#: characters on generated pages overlap their neighbour's box by at most about a fifth of its
-#: width, so a well cut character stays under it.
-MAX_OTHER_COVER = 0.5
 #: Page looks drawn in turn, as benchmarks/bench_pages.py draws them.
 STYLES = ("scan", "scan", "ruled")
 #: Scans are stored as JPEG at this quality before reading (bench_pages.py does the same).
@@ -57,41 +49,13 @@ def box_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArr
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
-def cover_fraction(
-    a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
-) -> npt.NDArray[np.float64]:
-    """Fraction of each box of ``b`` (M, 4) that each box of ``a`` (N, 4) covers, boxes as
-    (x, y, w, h) -> float64 (N, M); 0 for an empty box of ``b``."""
-    iw = np.clip(
-        np.minimum(a[:, 0:1] + a[:, 2:3], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0:1], b[:, 0]),
-        0,
-        None,
-    )
-    ih = np.clip(
-        np.minimum(a[:, 1:2] + a[:, 3:4], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1:2], b[:, 1]),
-        0,
-        None,
-    )
-    area = b[:, 2] * b[:, 3]
-    return np.where(area > 0, iw * ih / np.maximum(area, 1e-9), 0.0)
-
-
 def match_boxes(
-    found: npt.NDArray[np.float64],
-    truth: npt.NDArray[np.float64],
-    min_iou: float = MIN_IOU,
-    max_other_cover: float = MAX_OTHER_COVER,
+    found: npt.NDArray[np.float64], truth: npt.NDArray[np.float64], min_iou: float = MIN_IOU
 ) -> list[tuple[int, int]]:
-    """One-to-one pairs (found index, truth index), best overlaps first, IoU >= ``min_iou``.
-
-    A found box covering more than ``max_other_cover`` of two or more truth boxes holds
-    several characters and is matched to none.
-    """
+    """One-to-one pairs (found index, truth index), best overlaps first, IoU >= ``min_iou``."""
     if len(found) == 0 or len(truth) == 0:
         return []
     iou = box_iou(found, truth)
-    several = (cover_fraction(found, truth) > max_other_cover).sum(axis=1) > 1
-    iou[several] = 0.0
     pairs = np.argwhere(iou >= min_iou)
     order = np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable")
     used_f: set[int] = set()
