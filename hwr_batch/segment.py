@@ -624,6 +624,38 @@ def _doubt(
     return -weight * np.log(p / 0.5)
 
 
+def _worth_reading(
+    wide: Sequence[_Wide],
+    wholes: dict[int, int],
+    by_group: dict[int, list[int]],
+    pieces: Sequence[tuple[int, int, int, tuple[int, int, int, int]]],
+    cost: npt.NDArray[np.float64],
+    read_cost: npt.NDArray[np.float64],
+) -> list[int]:
+    """The pieces (indices into ``pieces``, wholes excluded) that could lie on a path cheaper
+    than their whole group, given floors ``cost`` for the pieces' costs (readings left out)
+    and the wholes' full costs (``cost`` + ``read_cost``): those whose cheapest path under the
+    floors costs less than the whole. The others cannot be chosen."""
+    out: list[int] = []
+    for gi, wd in enumerate(wide):
+        whole = wholes[gi]
+        parts = [k for k in by_group[gi] if k != whole]
+        n_pts = len(wd.cuts) + 2
+        ahead = np.full(n_pts, np.inf)  # cheapest path under the floors to each point ...
+        ahead[0] = 0.0
+        behind = np.full(n_pts, np.inf)  # ... and from each point to the end
+        behind[-1] = 0.0
+        for k in sorted(parts, key=lambda k: pieces[k][2]):
+            i, j = pieces[k][1], pieces[k][2]
+            ahead[j] = min(ahead[j], ahead[i] + cost[k])
+        for k in sorted(parts, key=lambda k: -pieces[k][1]):
+            i, j = pieces[k][1], pieces[k][2]
+            behind[i] = min(behind[i], behind[j] + cost[k])
+        limit = read_cost[whole] + cost[whole]
+        out.extend(k for k in parts if ahead[pieces[k][1]] + cost[k] + behind[pieces[k][2]] < limit)
+    return out
+
+
 def _split_wide(
     wide: Sequence[_Wide],
     th: float,
@@ -636,19 +668,37 @@ def _split_wide(
     The whole group is always a candidate (its probabilities come from the page's batch), so
     a wide single character stays whole when no split reads better. With ``verify``, each
     candidate (whole groups included) also costs VERIFY_WEIGHT * -log(P(one character) / 0.5).
+    Only pieces that could lie on a path cheaper than their whole group are normalised,
+    verified and classified (:func:`_worth_reading`); the cuts chosen are the same as if
+    every piece were scored.
     """
     min_w = defaults.SPLIT_MIN_PIECE * th
     max_w = defaults.SPLIT_MAX_PIECE * th
     # (wide index, start point, end point, box in the group) per piece; the whole group first.
     pieces: list[tuple[int, int, int, tuple[int, int, int, int]]] = []
-    images: list[npt.NDArray[np.float32]] = []
+    # Model inputs, made only for the pieces that are verified or classified (normalising
+    # is a good part of a piece's cost); the crops wait in ``subs`` until then.
+    images: list[npt.NDArray[np.float32] | None] = []
+    subs: list[npt.NDArray[np.uint8] | None] = []
     wholes: dict[int, int] = {}
+
+    def inputs(ks: Sequence[int]) -> npt.NDArray[np.float32]:
+        out = []
+        for k in ks:
+            image, sub = images[k], subs[k]
+            if image is None:
+                assert sub is not None  # only wholes come without a crop, and with an image
+                image = images[k] = model_input(sub)
+            out.append(image)
+        return np.stack(out)
+
     for gi, wd in enumerate(wide):
         g = wd.group
         points: list[Cut] = [(0.0, 0.0), *wd.cuts, (float(g.w), 0.0)]
         wholes[gi] = len(pieces)
         pieces.append((gi, 0, len(points) - 1, (0, 0, g.w, g.h)))
         images.append(wd.image)
+        subs.append(None)
         for i in range(len(points)):
             # A piece spans at most SPLIT_MAX_SPAN cut intervals: cuts fall at least between
             # characters, and rarely more than twice inside one.
@@ -661,45 +711,80 @@ def _split_wide(
                     continue
                 sub, box = cut
                 pieces.append((gi, i, j, box))
-                images.append(model_input(sub))
-    proba: npt.NDArray[np.float32] | None = None
+                images.append(None)
+                subs.append(sub)
+    is_whole = np.zeros(len(pieces), bool)
+    is_whole[list(wholes.values())] = True
+    # The wholes' probabilities come from the page's batch; the pieces are scored below.
+    whole_proba: dict[int, npt.NDArray[np.float32]] = {}
     if scorer is not None:
-        todo = [k for k in range(len(pieces)) if k not in wholes.values()]
-        proba = np.zeros((len(pieces), 0), np.float32)
-        if todo:
-            scored = scorer(np.stack([images[k] for k in todo]))
-            proba = np.zeros((len(pieces), scored.shape[1]), np.float32)
-            proba[todo] = scored
-        for gi, k in wholes.items():
-            whole = wide[gi].proba
-            if whole is None:
-                whole = scorer(images[k][None])[0]
-            if proba.shape[1] == 0:
-                proba = np.zeros((len(pieces), len(whole)), np.float32)
-            proba[k] = whole
-    verify_cost = np.zeros(len(pieces))
-    if verify is not None and proba is not None and pieces:
-        p_one = np.ones(len(pieces))
-        known = {wholes[gi]: wd.p_one for gi, wd in enumerate(wide) if wd.p_one is not None}
-        ask = [k for k in range(len(pieces)) if k not in known]
-        if ask:
-            p_one[ask] = verify(np.stack([images[k] for k in ask]))[:, 1]
-        for k, p in known.items():
-            p_one[k] = p
-        weight = np.full(len(pieces), defaults.VERIFY_WEIGHT * defaults.VERIFY_PIECE_FACTOR)
-        weight[list(wholes.values())] = defaults.VERIFY_WEIGHT
-        verify_cost = _doubt(p_one, weight)
+        missing = [gi for gi, wd in enumerate(wide) if wd.proba is None]
+        if missing:
+            scored = scorer(inputs([wholes[gi] for gi in missing]))
+            whole_proba.update(zip(missing, scored, strict=True))
+        whole_proba.update((gi, wd.proba) for gi, wd in enumerate(wide) if wd.proba is not None)
+    n_classes = len(next(iter(whole_proba.values()))) if whole_proba else 0
     # Letters models (26 or more classes) read a slice of a wide letter (an m, a w) as another
     # letter (n, v) more readily than the digit model reads a slice of a digit: each extra
     # piece must buy more confidence.
     penalty = defaults.SPLIT_PENALTY
-    if proba is not None and proba.shape[1] > defaults.SPLIT_MANY_CLASSES:
+    if n_classes > defaults.SPLIT_MANY_CLASSES:
         penalty = defaults.SPLIT_PENALTY_MANY
     # Without a classifier a split is never rewarded, only (at most) charged.
-    piece_penalty = penalty if proba is not None else max(penalty, 0.0)
+    piece_penalty = penalty if scorer is not None else max(penalty, 0.0)
+    # The costs of a piece that its shape alone sets.
+    shape_cost = np.zeros(len(pieces))
+    for k, (gi, i, _, (_, _, pw, ph)) in enumerate(pieces):
+        g = wide[gi].group
+        c = piece_penalty if i > 0 else 0.0
+        if scorer is None:
+            # No classifier: prefer pieces about one character wide.
+            c += abs(pw / th - defaults.SPLIT_CHAR_WIDTH)
+        # A piece much shorter than its group is a slice of a character, not one.
+        c += defaults.SPLIT_SHORT_COST * max(0.0, defaults.SPLIT_MIN_HEIGHT - ph / g.h)
+        # Handwritten characters are rarely much wider than tall: a wide piece pays for it,
+        # which keeps two touching characters from passing as one confident guess.
+        c += defaults.SPLIT_WIDE_COST * max(0.0, pw / max(ph, 0.8 * th) - 1.0)
+        shape_cost[k] = c
     by_group: dict[int, list[int]] = {}
     for k, (gi, _, _, _) in enumerate(pieces):
         by_group.setdefault(gi, []).append(k)
+    read_cost = np.zeros(len(pieces))
+    proba: npt.NDArray[np.float32] | None = None
+    if scorer is not None:
+        # Pieces are verified and classified only where they could matter. A reading costs at
+        # least nothing and the verifier's doubt at least its value at P(one) = 1, so a path
+        # through a piece costs at least its cheapest path under those floors; a piece whose
+        # floor is no cheaper than its whole group (fully scored) cannot be chosen. On letter
+        # pages that spares most pieces; the choice is the same as scoring them all.
+        proba = np.zeros((len(pieces), n_classes), np.float32)
+        for gi, k in wholes.items():
+            proba[k] = whole_proba[gi]
+        read_cost[is_whole] = -np.log(np.clip(proba[is_whole].max(axis=1), 1e-6, 1.0))
+        if verify is not None:
+            known = {wholes[gi]: wd.p_one for gi, wd in enumerate(wide) if wd.p_one is not None}
+            ask = [k for k in wholes.values() if k not in known]
+            if ask:
+                known.update(zip(ask, verify(inputs(ask))[:, 1].tolist(), strict=True))
+            whole_ids = list(wholes.values())
+            shape_cost[whole_ids] += _doubt(
+                np.array([known[k] for k in whole_ids]), defaults.VERIFY_WEIGHT
+            )
+            piece_weight = defaults.VERIFY_WEIGHT * defaults.VERIFY_PIECE_FACTOR
+            floored = shape_cost + np.where(is_whole, 0.0, _doubt(np.ones(1), piece_weight)[0])
+            ask = _worth_reading(wide, wholes, by_group, pieces, floored, read_cost)
+            if ask:
+                shape_cost[ask] += _doubt(verify(inputs(ask))[:, 1], piece_weight)
+            unasked = ~is_whole
+            unasked[ask] = False
+            shape_cost[unasked] = np.inf
+        todo = _worth_reading(wide, wholes, by_group, pieces, shape_cost, read_cost)
+        if todo:
+            proba[todo] = scorer(inputs(todo))
+            read_cost[todo] = -np.log(np.clip(proba[todo].max(axis=1), 1e-6, 1.0))
+        unread = ~is_whole
+        unread[todo] = False
+        read_cost[unread] = np.inf
     for gi, wd in enumerate(wide):
         g = wd.group
         n_pts = len(wd.cuts) + 2
@@ -711,22 +796,9 @@ def _split_wide(
             edges.setdefault(pieces[k][2], []).append(k)
         for j in range(1, n_pts):
             for k in edges.get(j, []):
-                i = pieces[k][1]
-                _, _, pw, ph = pieces[k][3]
-                if proba is None:
-                    # No classifier: prefer pieces about one character wide.
-                    c = abs(pw / th - defaults.SPLIT_CHAR_WIDTH)
-                else:
-                    c = float(-np.log(np.clip(proba[k].max(), 1e-6, 1.0))) + verify_cost[k]
-                if i > 0:
-                    c += piece_penalty
-                # A piece much shorter than its group is a slice of a character, not one.
-                c += defaults.SPLIT_SHORT_COST * max(0.0, defaults.SPLIT_MIN_HEIGHT - ph / g.h)
-                # Handwritten characters are rarely much wider than tall: a wide piece pays for
-                # it, which keeps two touching characters from passing as one confident guess.
-                c += defaults.SPLIT_WIDE_COST * max(0.0, pw / max(ph, 0.8 * th) - 1.0)
-                if best[i] + c < best[j]:
-                    best[j] = best[i] + c
+                c = best[pieces[k][1]] + read_cost[k] + shape_cost[k]
+                if c < best[j]:
+                    best[j] = c
                     back[j] = k
         if not np.isfinite(best[-1]):
             seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), wd.image, wd.proba))
@@ -739,12 +811,12 @@ def _split_wide(
             j = pieces[k][1]
         path.reverse()
         seg.n_split += len(path) - 1
-        for k in path:
+        for k, image in zip(path, inputs(path), strict=True):
             dx, dy, w, h = pieces[k][3]
             seg.chars.append(
                 CharCandidate(
                     (g.x + dx, g.y + dy, w, h),
-                    images[k],
+                    image,
                     None if proba is None else proba[k],
                 )
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -12,7 +13,7 @@ from hwr_batch import defaults
 from hwr_batch.classify import Classifier
 from hwr_batch.normalize import normalize
 from hwr_batch.preprocess import preprocess
-from hwr_batch.segment import Segmentation, merge_fragments, segment
+from hwr_batch.segment import Segmentation, _worth_reading, merge_fragments, segment
 
 PEN = 6
 
@@ -218,7 +219,8 @@ def test_cut_candidates_lean_with_the_characters() -> None:
 
 def test_verifier_is_asked_only_where_segmentation_has_choices(digits: Classifier) -> None:
     """Separate characters reach the verifier only if they are wide enough to hold two (and
-    then once, whole, when it does not doubt them); the pieces of a wide group all do."""
+    then once, whole, when it does not doubt them); so do the pieces of a wide group that
+    could read better than the whole."""
     asked: list[int] = []
 
     def verifier_saying(p_one: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -265,6 +267,80 @@ def test_verifier_doubt_makes_the_whole_lose(digits: Classifier) -> None:
 
     assert len(in_row(segment(prep, digits.predict_proba, verifier=whole_only), 250, 400)) == 1
     assert len(in_row(segment(prep, digits.predict_proba, verifier=False), 250, 400)) == 3
+
+
+def test_a_sure_whole_spares_its_pieces_the_classifier(digits: Classifier) -> None:
+    """Pieces that could not beat their whole group even if read with certainty are never
+    classified: the verifier that accepts only the whole chain leaves nothing to score after
+    the page's batch; without a verifier the pieces are scored and the chain splits."""
+
+    def chain(ink: np.ndarray) -> None:
+        for k in range(3):
+            ring(ink, 200 + 38 * k, 330)
+
+    prep = preprocess(page_with(chain))
+    scored: list[int] = []
+
+    def counting(x: np.ndarray) -> np.ndarray:
+        scored.append(len(x))
+        return digits.predict_proba(x)
+
+    calls: list[int] = []
+
+    def whole_only(x: np.ndarray) -> np.ndarray:
+        # First asked about the separate zeros (all sure), then about the chain: sure of the
+        # whole (the only input with ink under 13 px tall), sure that no piece is one character.
+        calls.append(len(x))
+        ink_h = (x > 0.3).any(axis=2).sum(axis=1)
+        p = np.where((len(calls) == 1) | (ink_h <= 12), 0.999, 0.001).astype(np.float32)
+        return np.stack([1 - p, p], axis=1)
+
+    seg = segment(prep, counting, verifier=whole_only)
+    assert len(in_row(seg, 250, 400)) == 1
+    assert scored == [len(seg.chars)]  # the page's one batch, and nothing else
+    scored.clear()
+    seg = segment(prep, counting, verifier=False)
+    assert len(in_row(seg, 250, 400)) == 3
+    assert len(scored) == 2 and scored[1] >= 3
+
+
+def test_pruned_pieces_could_not_have_been_chosen() -> None:
+    """_worth_reading drops only pieces that lie on no path cheaper than the whole group, so
+    the best path over the whole and the kept pieces is the best over all of them (random
+    lattices of cut points, shape costs that may be negative, readings that cost >= 0)."""
+    rng = np.random.default_rng(0)
+
+    def best_path(n_pts, pieces, cost, allowed):
+        best = np.full(n_pts, np.inf)
+        best[0] = 0.0
+        for j in range(1, n_pts):
+            for k in allowed:
+                _, i, end, _ = pieces[k]
+                if end == j:
+                    best[j] = min(best[j], best[i] + cost[k])
+        return best[-1]
+
+    pruned_some = 0
+    for _ in range(300):
+        n_pts = int(rng.integers(3, 8))
+        pieces = [(0, 0, n_pts - 1, (0, 0, 1, 1))]
+        for i in range(n_pts):
+            for j in range(i + 1, min(n_pts, i + 5)):
+                if (i, j) != (0, n_pts - 1) and rng.random() < 0.8:
+                    pieces.append((0, i, j, (0, 0, 1, 1)))
+        shape = rng.uniform(-0.4, 2.0, len(pieces))
+        read = rng.exponential(0.8, len(pieces))
+        floor_read = np.zeros(len(pieces))
+        floor_read[0] = read[0]
+        wide = [SimpleNamespace(cuts=[None] * (n_pts - 2))]
+        kept = _worth_reading(
+            wide, {0: 0}, {0: list(range(len(pieces)))}, pieces, shape, floor_read
+        )
+        assert 0 not in kept
+        pruned_some += len(pieces) - 1 - len(kept)
+        full = best_path(n_pts, pieces, shape + read, range(len(pieces)))
+        assert best_path(n_pts, pieces, shape + read, [0, *kept]) == full
+    assert pruned_some > 0
 
 
 def test_two_touching_ones_split_when_the_verifier_doubts_them(digits: Classifier) -> None:
