@@ -7,10 +7,11 @@
 3. noise is dropped relative to the page's own text height: specks, and blobs far taller than
    any character;
 4. groups wider than one character are split by recognition: candidate cuts come from the
-   column profile and the upper and lower contours, every candidate piece is scored by the
+   column profile and the upper and lower contours, the candidate pieces are scored by the
    classifier in one batch, and the cheapest path through the cuts (sum of -log confidence plus
    a penalty per extra piece, for digits a small bonus) wins; so "000" written in one stroke
-   becomes three zeros. A single-character verifier (P(exactly one whole character), see
+   becomes three zeros. Pieces that could not beat their whole group even if read with
+   certainty are left unscored: the same path wins, from fewer crops. A single-character verifier (P(exactly one whole character), see
    ``hwr-train verifier``) adds -log P(one) to each piece's cost and sends groups the
    classifier reads confidently (and narrow ones) but the verifier doubts to the search, so a
    touching "91" read as a 9 loses to a 9 and a 1, and half a character loses to the whole;
