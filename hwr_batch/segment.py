@@ -11,10 +11,11 @@
    classifier in one batch, and the cheapest path through the cuts (sum of -log confidence plus
    a penalty per extra piece, for digits a small bonus) wins; so "000" written in one stroke
    becomes three zeros. Pieces that could not beat their whole group even if read with
-   certainty are left unscored: the same path wins, from fewer crops. A single-character verifier (P(exactly one whole character), see
-   ``hwr-train verifier``) adds -log P(one) to each piece's cost and sends groups the
-   classifier reads confidently (and narrow ones) but the verifier doubts to the search, so a
-   touching "91" read as a 9 loses to a 9 and a 1, and half a character loses to the whole;
+   certainty are left unscored: the same path wins, from fewer crops. A single-character
+   verifier (P(exactly one whole character), see ``hwr-train verifier``) adds -log P(one) to
+   each piece's cost and sends groups the classifier reads confidently (and narrow ones) but
+   the verifier doubts to the search, so a touching "91" read as a 9 loses to a 9 and a 1, and
+   half a character loses to the whole;
 5. each character is cut from the deskewed gray page with only its own ink (neighbours blanked)
    and normalised with :func:`hwr_batch.normalize.normalize`.
 
