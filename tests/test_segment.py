@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hwr_batch import defaults
 from hwr_batch.classify import Classifier
@@ -304,43 +306,61 @@ def test_a_sure_whole_spares_its_pieces_the_classifier(digits: Classifier) -> No
     assert len(scored) == 2 and scored[1] >= 3
 
 
-def test_pruned_pieces_could_not_have_been_chosen() -> None:
+@st.composite
+def cut_lattices(draw: st.DrawFn) -> tuple[int, list, np.ndarray, np.ndarray]:
+    """A group's cut points, its pieces (the whole first; each other span of up to four
+    intervals present or not), shape costs that may be negative, and readings >= 0."""
+    n_pts = draw(st.integers(3, 7))
+    spans = [(i, j) for i in range(n_pts) for j in range(i + 1, min(n_pts, i + 5))]
+    spans = [sp for sp in spans if sp != (0, n_pts - 1)]
+    kept = draw(st.lists(st.booleans(), min_size=len(spans), max_size=len(spans)))
+    pieces = [(0, 0, n_pts - 1, (0, 0, 1, 1))]
+    pieces += [(0, i, j, (0, 0, 1, 1)) for (i, j), k in zip(spans, kept, strict=True) if k]
+    costs = st.floats(-0.4, 2.0, allow_nan=False)
+    shape = np.array(draw(st.lists(costs, min_size=len(pieces), max_size=len(pieces))))
+    # Sure readings (cost 0) are what make a cheap floor reachable: draw them often.
+    reads = st.one_of(st.just(0.0), st.floats(0.0, 4.0, allow_nan=False))
+    read = np.array(draw(st.lists(reads, min_size=len(pieces), max_size=len(pieces))))
+    return n_pts, pieces, shape, read
+
+
+def _best_path(n_pts: int, pieces: list, cost: np.ndarray, allowed: list[int]) -> float:
+    best = np.full(n_pts, np.inf)
+    best[0] = 0.0
+    for j in range(1, n_pts):
+        for k in allowed:
+            _, i, end, _ = pieces[k]
+            if end == j:
+                best[j] = min(best[j], best[i] + cost[k])
+    return float(best[-1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(cut_lattices())
+def test_pruned_pieces_could_not_have_been_chosen(
+    lattice: tuple[int, list, np.ndarray, np.ndarray],
+) -> None:
     """_worth_reading drops only pieces that lie on no path cheaper than the whole group, so
-    the best path over the whole and the kept pieces is the best over all of them (random
-    lattices of cut points, shape costs that may be negative, readings that cost >= 0)."""
-    rng = np.random.default_rng(0)
+    the best path over the whole and the kept pieces is the best over all of them."""
+    n_pts, pieces, shape, read = lattice
+    floor_read = np.zeros(len(pieces))
+    floor_read[0] = read[0]  # the whole's reading is known; the pieces' are not yet
+    wide = [SimpleNamespace(cuts=[None] * (n_pts - 2))]
+    kept = _worth_reading(wide, {0: 0}, {0: list(range(len(pieces)))}, pieces, shape, floor_read)
+    assert 0 not in kept
+    full = _best_path(n_pts, pieces, shape + read, list(range(len(pieces))))
+    assert _best_path(n_pts, pieces, shape + read, [0, *kept]) == full
 
-    def best_path(n_pts, pieces, cost, allowed):
-        best = np.full(n_pts, np.inf)
-        best[0] = 0.0
-        for j in range(1, n_pts):
-            for k in allowed:
-                _, i, end, _ = pieces[k]
-                if end == j:
-                    best[j] = min(best[j], best[i] + cost[k])
-        return best[-1]
 
-    pruned_some = 0
-    for _ in range(300):
-        n_pts = int(rng.integers(3, 8))
-        pieces = [(0, 0, n_pts - 1, (0, 0, 1, 1))]
-        for i in range(n_pts):
-            for j in range(i + 1, min(n_pts, i + 5)):
-                if (i, j) != (0, n_pts - 1) and rng.random() < 0.8:
-                    pieces.append((0, i, j, (0, 0, 1, 1)))
-        shape = rng.uniform(-0.4, 2.0, len(pieces))
-        read = rng.exponential(0.8, len(pieces))
-        floor_read = np.zeros(len(pieces))
-        floor_read[0] = read[0]
-        wide = [SimpleNamespace(cuts=[None] * (n_pts - 2))]
-        kept = _worth_reading(
-            wide, {0: 0}, {0: list(range(len(pieces)))}, pieces, shape, floor_read
-        )
-        assert 0 not in kept
-        pruned_some += len(pieces) - 1 - len(kept)
-        full = best_path(n_pts, pieces, shape + read, range(len(pieces)))
-        assert best_path(n_pts, pieces, shape + read, [0, *kept]) == full
-    assert pruned_some > 0
+def test_pieces_no_path_can_use_are_dropped() -> None:
+    """Three points: the whole costs 1.0; pieces 0-1 and 1-2 cost 0.4 and 0.7 before reading
+    (1.1 together, more than the whole), so neither is worth reading; at 0.2 + 0.7 both are."""
+    pieces = [(0, 0, 2, (0, 0, 1, 1)), (0, 0, 1, (0, 0, 1, 1)), (0, 1, 2, (0, 0, 1, 1))]
+    wide = [SimpleNamespace(cuts=[None])]
+    read = np.array([0.5, 0.0, 0.0])
+    args = (wide, {0: 0}, {0: [0, 1, 2]}, pieces)
+    assert _worth_reading(*args, np.array([0.5, 0.4, 0.7]), read) == []
+    assert _worth_reading(*args, np.array([0.5, 0.2, 0.7]), read) == [1, 2]
 
 
 def test_two_touching_ones_split_when_the_verifier_doubts_them(digits: Classifier) -> None:
