@@ -212,6 +212,16 @@ def test_truncated_png(tmp_path: Path) -> None:
         list(iter_pages(path))
 
 
+def test_truncated_jpeg(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jpg"
+    noise = np.random.default_rng(0).integers(0, 255, (200, 200), np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnreadableInput, match=r"cut\.jpg: page 1 is corrupt"):
+        list(iter_pages(path))
+
+
 def test_corrupt_pdf(tmp_path: Path) -> None:
     path = tmp_path / "bad.pdf"
     path.write_bytes(b"%PDF-1.4\n garbage without objects")
