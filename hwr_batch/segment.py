@@ -626,36 +626,175 @@ def _doubt(
     return -weight * np.log(p / 0.5)
 
 
+#: A piece of a wide group: (wide index, start point, end point, box (dx, dy, w, h) in the group).
+_PieceRef = tuple[int, int, int, tuple[int, int, int, int]]
+
+
+@dataclass
+class _Lattice:
+    """The candidate pieces of every wide group of a page, whole groups included.
+
+    ``pieces[wholes[gi]]`` is group gi whole; ``by_group[gi]`` lists its pieces. Model inputs
+    are made on demand (:meth:`inputs`): normalising is a good part of a piece's cost, and most
+    pieces are never scored.
+    """
+
+    pieces: list[_PieceRef] = field(default_factory=list)
+    wholes: dict[int, int] = field(default_factory=dict)
+    by_group: dict[int, list[int]] = field(default_factory=dict)
+    subs: list[npt.NDArray[np.uint8] | None] = field(default_factory=list)
+    images: list[npt.NDArray[np.float32] | None] = field(default_factory=list)
+
+    def add(
+        self,
+        piece: _PieceRef,
+        sub: npt.NDArray[np.uint8] | None,
+        image: npt.NDArray[np.float32] | None = None,
+    ) -> int:
+        k = len(self.pieces)
+        self.pieces.append(piece)
+        self.subs.append(sub)
+        self.images.append(image)
+        self.by_group.setdefault(piece[0], []).append(k)
+        return k
+
+    def inputs(self, ks: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Model inputs of pieces ``ks``, float32 (len(ks), 28, 28)."""
+        out = []
+        for k in ks:
+            image, sub = self.images[k], self.subs[k]
+            if image is None:
+                assert sub is not None  # only wholes come without a crop, and with an image
+                image = self.images[k] = model_input(sub)
+            out.append(image)
+        return np.stack(out)
+
+
+def _lattice(wide: Sequence[_Wide], th: float) -> _Lattice:
+    """Every group whole, and every piece between two of its cut points that is a plausible
+    character width (SPLIT_MIN_PIECE to SPLIT_MAX_PIECE text heights)."""
+    min_w = defaults.SPLIT_MIN_PIECE * th
+    max_w = defaults.SPLIT_MAX_PIECE * th
+    lat = _Lattice()
+    for gi, wd in enumerate(wide):
+        g = wd.group
+        points: list[Cut] = [(0.0, 0.0), *wd.cuts, (float(g.w), 0.0)]
+        lat.wholes[gi] = lat.add((gi, 0, len(points) - 1, (0, 0, g.w, g.h)), None, wd.image)
+        for i in range(len(points)):
+            # A piece spans at most SPLIT_MAX_SPAN cut intervals: cuts fall at least between
+            # characters, and rarely more than twice inside one.
+            for j in range(i + 1, min(len(points), i + 1 + defaults.SPLIT_MAX_SPAN)):
+                a, b = points[i], points[j]
+                if (i == 0 and j == len(points) - 1) or not min_w <= b[0] - a[0] <= max_w:
+                    continue
+                cut = _piece(wd.crop, wd.own, a, b)
+                if cut is not None:
+                    sub, box = cut
+                    lat.add((gi, i, j, box), sub)
+    return lat
+
+
+def _shape_costs(
+    lat: _Lattice, wide: Sequence[_Wide], th: float, piece_penalty: float, classified: bool
+) -> npt.NDArray[np.float64]:
+    """The costs of each piece that its shape alone sets, float64 (len(lat.pieces),)."""
+    cost = np.zeros(len(lat.pieces))
+    for k, (gi, i, _, (_, _, pw, ph)) in enumerate(lat.pieces):
+        g = wide[gi].group
+        c = piece_penalty if i > 0 else 0.0
+        if not classified:
+            # No classifier: prefer pieces about one character wide.
+            c += abs(pw / th - defaults.SPLIT_CHAR_WIDTH)
+        # A piece much shorter than its group is a slice of a character, not one.
+        c += defaults.SPLIT_SHORT_COST * max(0.0, defaults.SPLIT_MIN_HEIGHT - ph / g.h)
+        # Handwritten characters are rarely much wider than tall: a wide piece pays for it,
+        # which keeps two touching characters from passing as one confident guess.
+        c += defaults.SPLIT_WIDE_COST * max(0.0, pw / max(ph, 0.8 * th) - 1.0)
+        cost[k] = c
+    return cost
+
+
 def _worth_reading(
     wide: Sequence[_Wide],
-    wholes: dict[int, int],
-    by_group: dict[int, list[int]],
-    pieces: Sequence[tuple[int, int, int, tuple[int, int, int, int]]],
+    lat: _Lattice,
     cost: npt.NDArray[np.float64],
     read_cost: npt.NDArray[np.float64],
 ) -> list[int]:
-    """The pieces (indices into ``pieces``, wholes excluded) that could lie on a path cheaper
-    than their whole group, given floors ``cost`` for the pieces' costs (readings left out)
-    and the wholes' full costs (``cost`` + ``read_cost``): those whose cheapest path under the
-    floors costs less than the whole. The others cannot be chosen."""
+    """The pieces (indices into ``lat.pieces``, wholes excluded) that could lie on a path
+    cheaper than their whole group, given floors ``cost`` for the pieces' costs (readings left
+    out) and the wholes' full costs (``cost`` + ``read_cost``): those whose cheapest path under
+    the floors costs less than the whole. The others cannot be chosen."""
     out: list[int] = []
     for gi, wd in enumerate(wide):
-        whole = wholes[gi]
-        parts = [k for k in by_group[gi] if k != whole]
+        whole = lat.wholes[gi]
+        parts = [k for k in lat.by_group[gi] if k != whole]
         n_pts = len(wd.cuts) + 2
         ahead = np.full(n_pts, np.inf)  # cheapest path under the floors to each point ...
         ahead[0] = 0.0
         behind = np.full(n_pts, np.inf)  # ... and from each point to the end
         behind[-1] = 0.0
-        for k in sorted(parts, key=lambda k: pieces[k][2]):
-            i, j = pieces[k][1], pieces[k][2]
+        for k in sorted(parts, key=lambda k: lat.pieces[k][2]):
+            i, j = lat.pieces[k][1], lat.pieces[k][2]
             ahead[j] = min(ahead[j], ahead[i] + cost[k])
-        for k in sorted(parts, key=lambda k: -pieces[k][1]):
-            i, j = pieces[k][1], pieces[k][2]
+        for k in sorted(parts, key=lambda k: -lat.pieces[k][1]):
+            i, j = lat.pieces[k][1], lat.pieces[k][2]
             behind[i] = min(behind[i], behind[j] + cost[k])
         limit = read_cost[whole] + cost[whole]
-        out.extend(k for k in parts if ahead[pieces[k][1]] + cost[k] + behind[pieces[k][2]] < limit)
+        out.extend(
+            k for k in parts if ahead[lat.pieces[k][1]] + cost[k] + behind[lat.pieces[k][2]] < limit
+        )
     return out
+
+
+def _score_pieces(
+    wide: Sequence[_Wide],
+    lat: _Lattice,
+    shape_cost: npt.NDArray[np.float64],
+    whole_proba: dict[int, npt.NDArray[np.float32]],
+    scorer: Scorer,
+    verify: Scorer | None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Verify and classify the pieces that could matter -> (proba, read cost, shape cost with
+    the verifier's doubt); pieces left out cost +inf.
+
+    A reading costs at least nothing and the verifier's doubt at least its value at P(one) = 1,
+    so a path through a piece costs at least its cheapest path under those floors; a piece
+    whose floor is no cheaper than its whole group (fully scored) cannot be chosen. On letter
+    pages that spares most pieces; the choice is the same as scoring them all.
+    """
+    n = len(lat.pieces)
+    is_whole = np.zeros(n, bool)
+    is_whole[list(lat.wholes.values())] = True
+    n_classes = len(next(iter(whole_proba.values())))
+    proba = np.zeros((n, n_classes), np.float32)
+    for gi, k in lat.wholes.items():
+        proba[k] = whole_proba[gi]
+    read_cost = np.zeros(n)
+    read_cost[is_whole] = -np.log(np.clip(proba[is_whole].max(axis=1), 1e-6, 1.0))
+    cost = shape_cost.copy()
+    if verify is not None:
+        known = {lat.wholes[gi]: wd.p_one for gi, wd in enumerate(wide) if wd.p_one is not None}
+        ask = [k for k in lat.wholes.values() if k not in known]
+        if ask:
+            known.update(zip(ask, verify(lat.inputs(ask))[:, 1].tolist(), strict=True))
+        whole_ids = list(lat.wholes.values())
+        cost[whole_ids] += _doubt(np.array([known[k] for k in whole_ids]), defaults.VERIFY_WEIGHT)
+        piece_weight = defaults.VERIFY_WEIGHT * defaults.VERIFY_PIECE_FACTOR
+        floored = cost + np.where(is_whole, 0.0, _doubt(np.ones(1), piece_weight)[0])
+        ask = _worth_reading(wide, lat, floored, read_cost)
+        if ask:
+            cost[ask] += _doubt(verify(lat.inputs(ask))[:, 1], piece_weight)
+        unasked = ~is_whole
+        unasked[ask] = False
+        cost[unasked] = np.inf
+    todo = _worth_reading(wide, lat, cost, read_cost)
+    if todo:
+        proba[todo] = scorer(lat.inputs(todo))
+        read_cost[todo] = -np.log(np.clip(proba[todo].max(axis=1), 1e-6, 1.0))
+    unread = ~is_whole
+    unread[todo] = False
+    read_cost[unread] = np.inf
+    return proba, read_cost, cost
 
 
 def _split_wide(
@@ -671,58 +810,16 @@ def _split_wide(
     a wide single character stays whole when no split reads better. With ``verify``, each
     candidate (whole groups included) also costs VERIFY_WEIGHT * -log(P(one character) / 0.5).
     Only pieces that could lie on a path cheaper than their whole group are normalised,
-    verified and classified (:func:`_worth_reading`); the cuts chosen are the same as if
+    verified and classified (:func:`_score_pieces`); the cuts chosen are the same as if
     every piece were scored.
     """
-    min_w = defaults.SPLIT_MIN_PIECE * th
-    max_w = defaults.SPLIT_MAX_PIECE * th
-    # (wide index, start point, end point, box in the group) per piece; the whole group first.
-    pieces: list[tuple[int, int, int, tuple[int, int, int, int]]] = []
-    # Model inputs, made only for the pieces that are verified or classified (normalising
-    # is a good part of a piece's cost); the crops wait in ``subs`` until then.
-    images: list[npt.NDArray[np.float32] | None] = []
-    subs: list[npt.NDArray[np.uint8] | None] = []
-    wholes: dict[int, int] = {}
-
-    def inputs(ks: Sequence[int]) -> npt.NDArray[np.float32]:
-        out = []
-        for k in ks:
-            image, sub = images[k], subs[k]
-            if image is None:
-                assert sub is not None  # only wholes come without a crop, and with an image
-                image = images[k] = model_input(sub)
-            out.append(image)
-        return np.stack(out)
-
-    for gi, wd in enumerate(wide):
-        g = wd.group
-        points: list[Cut] = [(0.0, 0.0), *wd.cuts, (float(g.w), 0.0)]
-        wholes[gi] = len(pieces)
-        pieces.append((gi, 0, len(points) - 1, (0, 0, g.w, g.h)))
-        images.append(wd.image)
-        subs.append(None)
-        for i in range(len(points)):
-            # A piece spans at most SPLIT_MAX_SPAN cut intervals: cuts fall at least between
-            # characters, and rarely more than twice inside one.
-            for j in range(i + 1, min(len(points), i + 1 + defaults.SPLIT_MAX_SPAN)):
-                a, b = points[i], points[j]
-                if (i == 0 and j == len(points) - 1) or not min_w <= b[0] - a[0] <= max_w:
-                    continue
-                cut = _piece(wd.crop, wd.own, a, b)
-                if cut is None:
-                    continue
-                sub, box = cut
-                pieces.append((gi, i, j, box))
-                images.append(None)
-                subs.append(sub)
-    is_whole = np.zeros(len(pieces), bool)
-    is_whole[list(wholes.values())] = True
+    lat = _lattice(wide, th)
     # The wholes' probabilities come from the page's batch; the pieces are scored below.
     whole_proba: dict[int, npt.NDArray[np.float32]] = {}
     if scorer is not None:
         missing = [gi for gi, wd in enumerate(wide) if wd.proba is None]
         if missing:
-            scored = scorer(inputs([wholes[gi] for gi in missing]))
+            scored = scorer(lat.inputs([lat.wholes[gi] for gi in missing]))
             whole_proba.update(zip(missing, scored, strict=True))
         whole_proba.update((gi, wd.proba) for gi, wd in enumerate(wide) if wd.proba is not None)
     n_classes = len(next(iter(whole_proba.values()))) if whole_proba else 0
@@ -734,87 +831,22 @@ def _split_wide(
         penalty = defaults.SPLIT_PENALTY_MANY
     # Without a classifier a split is never rewarded, only (at most) charged.
     piece_penalty = penalty if scorer is not None else max(penalty, 0.0)
-    # The costs of a piece that its shape alone sets.
-    shape_cost = np.zeros(len(pieces))
-    for k, (gi, i, _, (_, _, pw, ph)) in enumerate(pieces):
-        g = wide[gi].group
-        c = piece_penalty if i > 0 else 0.0
-        if scorer is None:
-            # No classifier: prefer pieces about one character wide.
-            c += abs(pw / th - defaults.SPLIT_CHAR_WIDTH)
-        # A piece much shorter than its group is a slice of a character, not one.
-        c += defaults.SPLIT_SHORT_COST * max(0.0, defaults.SPLIT_MIN_HEIGHT - ph / g.h)
-        # Handwritten characters are rarely much wider than tall: a wide piece pays for it,
-        # which keeps two touching characters from passing as one confident guess.
-        c += defaults.SPLIT_WIDE_COST * max(0.0, pw / max(ph, 0.8 * th) - 1.0)
-        shape_cost[k] = c
-    by_group: dict[int, list[int]] = {}
-    for k, (gi, _, _, _) in enumerate(pieces):
-        by_group.setdefault(gi, []).append(k)
-    read_cost = np.zeros(len(pieces))
+    shape_cost = _shape_costs(lat, wide, th, piece_penalty, scorer is not None)
     proba: npt.NDArray[np.float32] | None = None
+    read_cost = np.zeros(len(lat.pieces))
     if scorer is not None:
-        # Pieces are verified and classified only where they could matter. A reading costs at
-        # least nothing and the verifier's doubt at least its value at P(one) = 1, so a path
-        # through a piece costs at least its cheapest path under those floors; a piece whose
-        # floor is no cheaper than its whole group (fully scored) cannot be chosen. On letter
-        # pages that spares most pieces; the choice is the same as scoring them all.
-        proba = np.zeros((len(pieces), n_classes), np.float32)
-        for gi, k in wholes.items():
-            proba[k] = whole_proba[gi]
-        read_cost[is_whole] = -np.log(np.clip(proba[is_whole].max(axis=1), 1e-6, 1.0))
-        if verify is not None:
-            known = {wholes[gi]: wd.p_one for gi, wd in enumerate(wide) if wd.p_one is not None}
-            ask = [k for k in wholes.values() if k not in known]
-            if ask:
-                known.update(zip(ask, verify(inputs(ask))[:, 1].tolist(), strict=True))
-            whole_ids = list(wholes.values())
-            shape_cost[whole_ids] += _doubt(
-                np.array([known[k] for k in whole_ids]), defaults.VERIFY_WEIGHT
-            )
-            piece_weight = defaults.VERIFY_WEIGHT * defaults.VERIFY_PIECE_FACTOR
-            floored = shape_cost + np.where(is_whole, 0.0, _doubt(np.ones(1), piece_weight)[0])
-            ask = _worth_reading(wide, wholes, by_group, pieces, floored, read_cost)
-            if ask:
-                shape_cost[ask] += _doubt(verify(inputs(ask))[:, 1], piece_weight)
-            unasked = ~is_whole
-            unasked[ask] = False
-            shape_cost[unasked] = np.inf
-        todo = _worth_reading(wide, wholes, by_group, pieces, shape_cost, read_cost)
-        if todo:
-            proba[todo] = scorer(inputs(todo))
-            read_cost[todo] = -np.log(np.clip(proba[todo].max(axis=1), 1e-6, 1.0))
-        unread = ~is_whole
-        unread[todo] = False
-        read_cost[unread] = np.inf
+        proba, read_cost, shape_cost = _score_pieces(
+            wide, lat, shape_cost, whole_proba, scorer, verify
+        )
     for gi, wd in enumerate(wide):
         g = wd.group
-        n_pts = len(wd.cuts) + 2
-        best = np.full(n_pts, np.inf)
-        back = np.full(n_pts, -1)
-        best[0] = 0.0
-        edges: dict[int, list[int]] = {}
-        for k in by_group.get(gi, []):
-            edges.setdefault(pieces[k][2], []).append(k)
-        for j in range(1, n_pts):
-            for k in edges.get(j, []):
-                c = best[pieces[k][1]] + read_cost[k] + shape_cost[k]
-                if c < best[j]:
-                    best[j] = c
-                    back[j] = k
-        if not np.isfinite(best[-1]):
+        path = _cheapest_path(lat, gi, len(wd.cuts) + 2, read_cost, shape_cost)
+        if path is None:
             seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), wd.image, wd.proba))
             continue
-        path = []
-        j = n_pts - 1
-        while j > 0:
-            k = int(back[j])
-            path.append(k)
-            j = pieces[k][1]
-        path.reverse()
         seg.n_split += len(path) - 1
-        for k, image in zip(path, inputs(path), strict=True):
-            dx, dy, w, h = pieces[k][3]
+        for k, image in zip(path, lat.inputs(path), strict=True):
+            dx, dy, w, h = lat.pieces[k][3]
             seg.chars.append(
                 CharCandidate(
                     (g.x + dx, g.y + dy, w, h),
@@ -822,3 +854,37 @@ def _split_wide(
                     None if proba is None else proba[k],
                 )
             )
+
+
+def _cheapest_path(
+    lat: _Lattice,
+    gi: int,
+    n_pts: int,
+    read_cost: npt.NDArray[np.float64],
+    shape_cost: npt.NDArray[np.float64],
+) -> list[int] | None:
+    """The pieces of group ``gi`` on its cheapest path from the first cut point to the last
+    (left to right; a piece costs its reading plus its shape), or None if no path has a
+    finite cost."""
+    best = np.full(n_pts, np.inf)
+    back = np.full(n_pts, -1)
+    best[0] = 0.0
+    edges: dict[int, list[int]] = {}
+    for k in lat.by_group.get(gi, []):
+        edges.setdefault(lat.pieces[k][2], []).append(k)
+    for j in range(1, n_pts):
+        for k in edges.get(j, []):
+            c = best[lat.pieces[k][1]] + read_cost[k] + shape_cost[k]
+            if c < best[j]:
+                best[j] = c
+                back[j] = k
+    if not np.isfinite(best[-1]):
+        return None
+    path = []
+    j = n_pts - 1
+    while j > 0:
+        k = int(back[j])
+        path.append(k)
+        j = lat.pieces[k][1]
+    path.reverse()
+    return path

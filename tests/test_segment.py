@@ -15,7 +15,13 @@ from hwr_batch import defaults
 from hwr_batch.classify import Classifier
 from hwr_batch.normalize import normalize
 from hwr_batch.preprocess import preprocess
-from hwr_batch.segment import Segmentation, _worth_reading, merge_fragments, segment
+from hwr_batch.segment import (
+    Segmentation,
+    _Lattice,
+    _worth_reading,
+    merge_fragments,
+    segment,
+)
 
 PEN = 6
 
@@ -324,6 +330,15 @@ def cut_lattices(draw: st.DrawFn) -> tuple[int, list, np.ndarray, np.ndarray]:
     return n_pts, pieces, shape, read
 
 
+def _lattice_of(pieces: list) -> _Lattice:
+    """One group's pieces, the whole first, with no crops (only their costs are looked at)."""
+    lattice = _Lattice()
+    lattice.wholes[0] = 0
+    for piece in pieces:
+        lattice.add(piece, None)
+    return lattice
+
+
 def _best_path(n_pts: int, pieces: list, cost: np.ndarray, allowed: list[int]) -> float:
     best = np.full(n_pts, np.inf)
     best[0] = 0.0
@@ -346,7 +361,7 @@ def test_pruned_pieces_could_not_have_been_chosen(
     floor_read = np.zeros(len(pieces))
     floor_read[0] = read[0]  # the whole's reading is known; the pieces' are not yet
     wide = [SimpleNamespace(cuts=[None] * (n_pts - 2))]
-    kept = _worth_reading(wide, {0: 0}, {0: list(range(len(pieces)))}, pieces, shape, floor_read)
+    kept = _worth_reading(wide, _lattice_of(pieces), shape, floor_read)
     assert 0 not in kept
     full = _best_path(n_pts, pieces, shape + read, list(range(len(pieces))))
     assert _best_path(n_pts, pieces, shape + read, [0, *kept]) == full
@@ -358,9 +373,9 @@ def test_pieces_no_path_can_use_are_dropped() -> None:
     pieces = [(0, 0, 2, (0, 0, 1, 1)), (0, 0, 1, (0, 0, 1, 1)), (0, 1, 2, (0, 0, 1, 1))]
     wide = [SimpleNamespace(cuts=[None])]
     read = np.array([0.5, 0.0, 0.0])
-    args = (wide, {0: 0}, {0: [0, 1, 2]}, pieces)
-    assert _worth_reading(*args, np.array([0.5, 0.4, 0.7]), read) == []
-    assert _worth_reading(*args, np.array([0.5, 0.2, 0.7]), read) == [1, 2]
+    lattice = _lattice_of(pieces)
+    assert _worth_reading(wide, lattice, np.array([0.5, 0.4, 0.7]), read) == []
+    assert _worth_reading(wide, lattice, np.array([0.5, 0.2, 0.7]), read) == [1, 2]
 
 
 def test_two_touching_ones_split_when_the_verifier_doubts_them(digits: Classifier) -> None:
