@@ -658,6 +658,10 @@ class _Lattice:
         self.by_group.setdefault(piece[0], []).append(k)
         return k
 
+    def n_points(self, gi: int) -> int:
+        """Cut points of group ``gi``, its two ends included (its whole spans them all)."""
+        return self.pieces[self.wholes[gi]][2] + 1
+
     def inputs(self, ks: Sequence[int]) -> npt.NDArray[np.float32]:
         """Model inputs of pieces ``ks``, float32 (len(ks), 28, 28)."""
         out = []
@@ -715,7 +719,6 @@ def _shape_costs(
 
 
 def _worth_reading(
-    wide: Sequence[_Wide],
     lat: _Lattice,
     cost: npt.NDArray[np.float64],
     read_cost: npt.NDArray[np.float64],
@@ -725,10 +728,9 @@ def _worth_reading(
     out) and the wholes' full costs (``cost`` + ``read_cost``): those whose cheapest path under
     the floors costs less than the whole. The others cannot be chosen."""
     out: list[int] = []
-    for gi, wd in enumerate(wide):
-        whole = lat.wholes[gi]
+    for gi, whole in lat.wholes.items():
         parts = [k for k in lat.by_group[gi] if k != whole]
-        n_pts = len(wd.cuts) + 2
+        n_pts = lat.n_points(gi)
         ahead = np.full(n_pts, np.inf)  # cheapest path under the floors to each point ...
         ahead[0] = 0.0
         behind = np.full(n_pts, np.inf)  # ... and from each point to the end
@@ -744,6 +746,11 @@ def _worth_reading(
             k for k in parts if ahead[lat.pieces[k][1]] + cost[k] + behind[lat.pieces[k][2]] < limit
         )
     return out
+
+
+def _reading_cost(proba: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """-log of each row's best probability (floored at 1e-6): what reading a piece costs."""
+    return -np.log(np.clip(proba.max(axis=1), 1e-6, 1.0))
 
 
 def _score_pieces(
@@ -770,7 +777,7 @@ def _score_pieces(
     for gi, k in lat.wholes.items():
         proba[k] = whole_proba[gi]
     read_cost = np.zeros(n)
-    read_cost[is_whole] = -np.log(np.clip(proba[is_whole].max(axis=1), 1e-6, 1.0))
+    read_cost[is_whole] = _reading_cost(proba[is_whole])
     cost = shape_cost.copy()
     if verify is not None:
         known = {lat.wholes[gi]: wd.p_one for gi, wd in enumerate(wide) if wd.p_one is not None}
@@ -781,16 +788,16 @@ def _score_pieces(
         cost[whole_ids] += _doubt(np.array([known[k] for k in whole_ids]), defaults.VERIFY_WEIGHT)
         piece_weight = defaults.VERIFY_WEIGHT * defaults.VERIFY_PIECE_FACTOR
         floored = cost + np.where(is_whole, 0.0, _doubt(np.ones(1), piece_weight)[0])
-        ask = _worth_reading(wide, lat, floored, read_cost)
+        ask = _worth_reading(lat, floored, read_cost)
         if ask:
             cost[ask] += _doubt(verify(lat.inputs(ask))[:, 1], piece_weight)
         unasked = ~is_whole
         unasked[ask] = False
         cost[unasked] = np.inf
-    todo = _worth_reading(wide, lat, cost, read_cost)
+    todo = _worth_reading(lat, cost, read_cost)
     if todo:
         proba[todo] = scorer(lat.inputs(todo))
-        read_cost[todo] = -np.log(np.clip(proba[todo].max(axis=1), 1e-6, 1.0))
+        read_cost[todo] = _reading_cost(proba[todo])
     unread = ~is_whole
     unread[todo] = False
     read_cost[unread] = np.inf
@@ -840,7 +847,7 @@ def _split_wide(
         )
     for gi, wd in enumerate(wide):
         g = wd.group
-        path = _cheapest_path(lat, gi, len(wd.cuts) + 2, read_cost, shape_cost)
+        path = _cheapest_path(lat, gi, read_cost, shape_cost)
         if path is None:
             seg.chars.append(CharCandidate((g.x, g.y, g.w, g.h), wd.image, wd.proba))
             continue
@@ -859,13 +866,13 @@ def _split_wide(
 def _cheapest_path(
     lat: _Lattice,
     gi: int,
-    n_pts: int,
     read_cost: npt.NDArray[np.float64],
     shape_cost: npt.NDArray[np.float64],
 ) -> list[int] | None:
     """The pieces of group ``gi`` on its cheapest path from the first cut point to the last
     (left to right; a piece costs its reading plus its shape), or None if no path has a
     finite cost."""
+    n_pts = lat.n_points(gi)
     best = np.full(n_pts, np.inf)
     back = np.full(n_pts, -1)
     best[0] = 0.0

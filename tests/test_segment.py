@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -360,8 +359,7 @@ def test_pruned_pieces_could_not_have_been_chosen(
     n_pts, pieces, shape, read = lattice
     floor_read = np.zeros(len(pieces))
     floor_read[0] = read[0]  # the whole's reading is known; the pieces' are not yet
-    wide = [SimpleNamespace(cuts=[None] * (n_pts - 2))]
-    kept = _worth_reading(wide, _lattice_of(pieces), shape, floor_read)
+    kept = _worth_reading(_lattice_of(pieces), shape, floor_read)
     assert 0 not in kept
     full = _best_path(n_pts, pieces, shape + read, list(range(len(pieces))))
     assert _best_path(n_pts, pieces, shape + read, [0, *kept]) == full
@@ -371,11 +369,10 @@ def test_pieces_no_path_can_use_are_dropped() -> None:
     """Three points: the whole costs 1.0; pieces 0-1 and 1-2 cost 0.4 and 0.7 before reading
     (1.1 together, more than the whole), so neither is worth reading; at 0.2 + 0.7 both are."""
     pieces = [(0, 0, 2, (0, 0, 1, 1)), (0, 0, 1, (0, 0, 1, 1)), (0, 1, 2, (0, 0, 1, 1))]
-    wide = [SimpleNamespace(cuts=[None])]
     read = np.array([0.5, 0.0, 0.0])
     lattice = _lattice_of(pieces)
-    assert _worth_reading(wide, lattice, np.array([0.5, 0.4, 0.7]), read) == []
-    assert _worth_reading(wide, lattice, np.array([0.5, 0.2, 0.7]), read) == [1, 2]
+    assert _worth_reading(lattice, np.array([0.5, 0.4, 0.7]), read) == []
+    assert _worth_reading(lattice, np.array([0.5, 0.2, 0.7]), read) == [1, 2]
 
 
 def test_two_touching_ones_split_when_the_verifier_doubts_them(digits: Classifier) -> None:
