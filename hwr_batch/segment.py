@@ -93,6 +93,46 @@ class _UnionFind:
         return True
 
 
+def pairs_within(
+    x0: npt.NDArray[np.float64],
+    y0: npt.NDArray[np.float64],
+    x1: npt.NDArray[np.float64],
+    y1: npt.NDArray[np.float64],
+    max_w: float,
+    max_h: float,
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Every pair of boxes whose union is at most ``max_w`` wide and ``max_h`` tall.
+
+    x0, y0, x1, y1: float64 (N,) box corners (x1 = x0 + width). Returns (ii, jj), intp (P,)
+    with ii < jj, in row-major order (as ``np.nonzero`` of the upper triangle of the pairwise
+    test lists them). The boxes are swept in x order and a box is only compared with those
+    starting less than ``max_w`` to its right, so a page of thousands of characters costs
+    about N times its characters per line-width of ``max_w``, not N squared.
+    """
+    n = len(x0)
+    order = np.argsort(x0, kind="stable")
+    xs = x0[order]
+    # For the box at sorted position p: partners are the positions p+1 .. stop[p]-1.
+    stop = np.searchsorted(xs, xs + max_w, side="right")
+    counts = stop - np.arange(n) - 1
+    total = int(counts.sum())
+    if total == 0:
+        empty = np.zeros(0, np.intp)
+        return empty, empty
+    p = np.repeat(np.arange(n), counts)
+    # q runs p+1, p+2, ... within each p's block.
+    starts = np.cumsum(counts) - counts
+    q = p + 1 + (np.arange(total) - np.repeat(starts, counts))
+    a, b = order[p], order[q]
+    ii, jj = np.minimum(a, b), np.maximum(a, b)
+    uw = np.maximum(x1[ii], x1[jj]) - np.minimum(x0[ii], x0[jj])
+    uh = np.maximum(y1[ii], y1[jj]) - np.minimum(y0[ii], y0[jj])
+    fits = (uw <= max_w) & (uh <= max_h)
+    ii, jj = ii[fits], jj[fits]
+    rows = np.lexsort((jj, ii))
+    return ii[rows].astype(np.intp), jj[rows].astype(np.intp)
+
+
 def merge_fragments(stats: npt.NDArray[np.int32], text_h: float) -> list[list[int]]:
     """Group component indices that belong to one character.
 
@@ -112,14 +152,13 @@ def merge_fragments(stats: npt.NDArray[np.int32], text_h: float) -> list[list[in
     w = stats[:, 2].astype(np.float64)
     h = stats[:, 3].astype(np.float64)
     x2, y2 = x + w, y + h
-    # Pairwise geometry, (N, N). A page has a few hundred components, so this is cheap.
-    x_ov = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x[:, None], x[None, :])
-    y_ov = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y[:, None], y[None, :])
-    min_w = np.minimum(w[:, None], w[None, :])
-    min_h = np.minimum(h[:, None], h[None, :])
-    uw = np.maximum(x2[:, None], x2[None, :]) - np.minimum(x[:, None], x[None, :])
-    uh = np.maximum(y2[:, None], y2[None, :]) - np.minimum(y[:, None], y[None, :])
-    fits = (uh <= defaults.MERGE_MAX_H * text_h) & (uw <= defaults.MERGE_MAX_W * text_h)
+    max_h, max_w = defaults.MERGE_MAX_H * text_h, defaults.MERGE_MAX_W * text_h
+    # Only pairs whose union could be one character are looked at.
+    ii, jj = pairs_within(x, y, x2, y2, max_w, max_h)
+    x_ov = np.minimum(x2[ii], x2[jj]) - np.maximum(x[ii], x[jj])
+    y_ov = np.minimum(y2[ii], y2[jj]) - np.maximum(y[ii], y[jj])
+    min_w = np.minimum(w[ii], w[jj])
+    min_h = np.minimum(h[ii], h[jj])
     # One above the other: columns overlap, rows barely (else it is two neighbours whose
     # slanted boxes overlap).
     stacked = (
@@ -133,18 +172,16 @@ def merge_fragments(stats: npt.NDArray[np.int32], text_h: float) -> list[list[in
         h < defaults.FRAGMENT_MAX_FLAT * text_h
     )
     near = (-x_ov <= defaults.FRAGMENT_GAP * text_h) & (-y_ov <= defaults.FRAGMENT_GAP * text_h)
-    fragment = near & (small[:, None] | small[None, :])
+    fragment = near & (small[ii] | small[jj])
     # Boxes that mostly overlap belong to one character broken in two (an open 0).
     nested = (x_ov >= 0.5 * min_w) & (y_ov >= 0.5 * min_h)
-    cand = fits & (stacked | fragment | nested)
-    np.fill_diagonal(cand, False)
-    ii, jj = np.nonzero(np.triu(cand))
+    keep = stacked | fragment | nested
+    ii, jj, x_ov, y_ov = ii[keep], jj[keep], x_ov[keep], y_ov[keep]
     # Closest pairs first, so a fragment joins its nearest neighbour.
     dist = np.maximum(-x_ov, 0) + np.maximum(-y_ov, 0)
-    order = np.argsort(dist[ii, jj], kind="stable")
+    order = np.argsort(dist, kind="stable")
     # Bounding box of each current group, indexed by its root.
     gx0, gy0, gx1, gy1 = x.copy(), y.copy(), x2.copy(), y2.copy()
-    max_h, max_w = defaults.MERGE_MAX_H * text_h, defaults.MERGE_MAX_W * text_h
     for k in order:
         ri, rj = uf.find(int(ii[k])), uf.find(int(jj[k]))
         if ri == rj:
@@ -371,7 +408,10 @@ def segment(
         )
     stats, ids = stats[keep], ids[keep]
     if len(ids) > defaults.MAX_COMPONENTS:
-        seg.warnings.append(f"{len(ids)} components: page too noisy, kept the largest")
+        seg.warnings.append(
+            f"{len(ids)} components, more than {defaults.MAX_COMPONENTS:,}: the page looks "
+            f"mostly noise; kept the {defaults.MAX_COMPONENTS:,} largest"
+        )
         top = np.argsort(-(stats[:, 2] * stats[:, 3]))[: defaults.MAX_COMPONENTS]
         stats, ids = stats[top], ids[top]
 
@@ -522,11 +562,6 @@ def _merge_beside(
     b = np.array([[g.x, g.y, g.w, g.h] for g in groups], np.float64)
     x, y, w, h = b.T
     x2, y2 = x + w, y + h
-    x_ov = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x[:, None], x[None, :])
-    y_ov = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y[:, None], y[None, :])
-    min_h = np.minimum(h[:, None], h[None, :])
-    uw = np.maximum(x2[:, None], x2[None, :]) - np.minimum(x[:, None], x[None, :])
-    uh = np.maximum(y2[:, None], y2[None, :]) - np.minimum(y[:, None], y[None, :])
     # The union may be as wide as the page's wide characters: letters (an M, a W) run wider
     # than digits, so the limit follows the median width of the confidently read groups.
     max_w = defaults.MERGE_BESIDE_MAX_W * th
@@ -537,13 +572,16 @@ def _merge_beside(
     ]
     if len(sure) >= defaults.MERGE_BESIDE_MIN_SURE:
         max_w = max(max_w, defaults.MERGE_BESIDE_WIDTH_FACTOR * float(np.median(sure)))
-    fits = (uw <= max_w) & (uh <= defaults.MERGE_MAX_H * th)
+    ii, jj = pairs_within(x, y, x2, y2, max_w, defaults.MERGE_MAX_H * th)
+    x_ov = np.minimum(x2[ii], x2[jj]) - np.maximum(x[ii], x[jj])
+    y_ov = np.minimum(y2[ii], y2[jj]) - np.maximum(y[ii], y[jj])
+    min_h = np.minimum(h[ii], h[jj])
     beside = (-x_ov <= defaults.MERGE_X_GAP * th) & (y_ov >= defaults.MERGE_Y_OVERLAP * min_h)
     # A stroke cut across (a slanted 1 in two, an 0 opened on a diagonal) leaves pieces that
     # are neither side by side nor squarely stacked, a small gap apart in both directions.
     near = np.maximum(-x_ov, -y_ov) <= defaults.MERGE_NEAR_GAP * th
-    cand = fits & (beside | near)
-    ii, jj = np.nonzero(np.triu(cand, 1))
+    keep = beside | near
+    ii, jj = ii[keep], jj[keep]
     if len(ii) == 0:
         return same
     merged_groups: list[_Group] = []

@@ -19,6 +19,7 @@ from hwr_batch.segment import (
     _Lattice,
     _worth_reading,
     merge_fragments,
+    pairs_within,
     segment,
 )
 
@@ -327,6 +328,48 @@ def cut_lattices(draw: st.DrawFn) -> tuple[int, list, np.ndarray, np.ndarray]:
     reads = st.one_of(st.just(0.0), st.floats(0.0, 4.0, allow_nan=False))
     read = np.array(draw(st.lists(reads, min_size=len(pieces), max_size=len(pieces))))
     return n_pts, pieces, shape, read
+
+
+@st.composite
+def box_sets(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Up to 40 boxes (x0, y0 as float64 (N, 2); sizes (N, 2)) with x ties, and a size limit."""
+    n = draw(st.integers(0, 40))
+    coords = st.integers(0, 120).map(float)
+    xy = np.array(draw(st.lists(st.tuples(coords, coords), min_size=n, max_size=n)), np.float64)
+    sizes = st.integers(0, 40).map(float)
+    wh = np.array(draw(st.lists(st.tuples(sizes, sizes), min_size=n, max_size=n)), np.float64)
+    limit = st.integers(0, 90).map(float)
+    return xy.reshape(-1, 2), wh.reshape(-1, 2), draw(limit), draw(limit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(box_sets())
+def test_pairs_within_lists_the_pairs_the_pairwise_test_finds(
+    boxes_and_limits: tuple[np.ndarray, np.ndarray, float, float],
+) -> None:
+    """The x sweep finds exactly the pairs (in the same order) that testing every pair finds."""
+    xy, wh, max_w, max_h = boxes_and_limits
+    x0, y0 = xy[:, 0], xy[:, 1]
+    x1, y1 = x0 + wh[:, 0], y0 + wh[:, 1]
+    uw = np.maximum(x1[:, None], x1[None, :]) - np.minimum(x0[:, None], x0[None, :])
+    uh = np.maximum(y1[:, None], y1[None, :]) - np.minimum(y0[:, None], y0[None, :])
+    want_i, want_j = np.nonzero(np.triu((uw <= max_w) & (uh <= max_h), 1))
+    got_i, got_j = pairs_within(x0, y0, x1, y1, max_w, max_h)
+    assert got_i.tolist() == want_i.tolist() and got_j.tolist() == want_j.tolist()
+
+
+def test_merge_fragments_on_a_page_of_thousands_of_characters() -> None:
+    """A dense page (a grid of 6,400 characters, each with its i-dot) merges each dot with its
+    own stem and nothing else: grouping looks at neighbours only, so such a page no longer
+    needs 6,400 x 6,400 pairwise arrays (about 330 MB each) to be read."""
+    th = 20.0
+    stems = [[40 * c, 40 * r + 6, 6, 20] for r in range(80) for c in range(80)]
+    dots = [[40 * c + 1, 40 * r, 4, 4] for r in range(80) for c in range(80)]
+    stats = np.array(stems + dots)
+    groups = merge_fragments(stats, th)
+    assert len(groups) == 6400
+    n = len(stems)
+    assert sorted(sorted(g) for g in groups) == [[k, k + n] for k in range(n)]
 
 
 def _lattice_of(pieces: list) -> _Lattice:
