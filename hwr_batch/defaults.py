@@ -84,6 +84,16 @@ BACKGROUND_KERNEL_PX = 61
 #: A page whose 90th-percentile brightness is under this has no paper to speak of (a black
 #: frame, a lens cap): it is reported empty rather than thresholded into noise.
 DARK_PAGE_LEVEL = 60
+#: Negatives (light ink on a dark ground, see preprocess.is_negative) are read inverted. The
+#: test looks at a sample of the page's pixels about NEGATIVE_SAMPLE_SIDE on its long side (every
+#: 5th pixel of an A4 page at 300 dpi) and compares each with the median of a window
+#: NEGATIVE_WINDOW of that side across (wider than any character): ink lighter than its ground
+#: must cover NEGATIVE_MIN_INK of the sample and outnumber ink darker than its ground
+#: NEGATIVE_RATIO to one.
+NEGATIVE_SAMPLE_SIDE = 600
+NEGATIVE_WINDOW = 0.05
+NEGATIVE_MIN_INK = 0.002
+NEGATIVE_RATIO = 3.0
 #: Ink must be at least this much darker (0-255) than the flattened paper: the contrast floor that
 #: keeps Otsu from splitting a blank, noisy page into "ink" and paper.
 MIN_INK_CONTRAST = 40

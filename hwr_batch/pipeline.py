@@ -9,6 +9,7 @@ Boxes in the result are pixels of the page as loaded (the deskew rotation is map
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ from hwr_batch.preprocess import (
     Preprocessed,
     estimate_background,
     flatten,
+    is_negative,
     percentile_u8,
     preprocess,
     text_height,
@@ -106,6 +108,23 @@ class PageAnalysis:
     chars: list[Char]
     timings: dict[str, float]
     scale: int = 1
+
+
+#: The warning of a page read as its negative (see :func:`upright`).
+NEGATIVE_NOTE = "light ink on a dark ground: read as its negative"
+
+
+def upright(gray: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], tuple[str, ...]]:
+    """The page as dark ink on light paper, and a note when it had to be inverted.
+
+    gray: uint8 (H, W). A negative (:func:`hwr_batch.preprocess.is_negative`: a white-on-black
+    sheet, a negative scan) comes back inverted with NEGATIVE_NOTE; any other page as it is.
+    """
+    if is_negative(gray):
+        import cv2
+
+        return np.asarray(cv2.bitwise_not(gray), np.uint8), (NEGATIVE_NOTE,)
+    return gray, ()
 
 
 def estimate_text_height(gray: npt.NDArray[np.uint8]) -> float:
@@ -253,10 +272,12 @@ def analyse_page(
 
     scale: analyse the page downscaled by this integer factor (None: :func:`analysis_scale`
     picks it from the text height; 1: full resolution). Character boxes come back in the
-    pixels of ``gray`` whatever the scale.
+    pixels of ``gray`` whatever the scale. A negative page (light ink on a dark ground) is
+    read inverted, with a warning (:func:`upright`).
     """
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    gray, notes = upright(gray)
     if scale is None:
         scale = analysis_scale(gray)
     scale = max(1, int(scale))
@@ -267,6 +288,8 @@ def analyse_page(
     t = time.perf_counter()
     prep = preprocess(work, px_scale=scale)
     del work
+    if notes:
+        prep = dataclasses.replace(prep, warnings=notes + prep.warnings)
     timings["preprocess"] = time.perf_counter() - t
     for k, v in prep.timings.items():
         if k != "preprocess":
@@ -332,8 +355,9 @@ def _read_gray(
         # Form mode (issue 4): only the fields are read; headings and prompts are not.
         from hwr_batch.forms import read_fields
 
-        fr = read_fields(gray, charset=charset, template=template, classifier=clf)
         h, w = gray.shape
+        gray, notes = upright(gray)
+        fr = read_fields(gray, charset=charset, template=template, classifier=clf)
         return PageResult(
             source=source,
             page=page,
@@ -342,7 +366,7 @@ def _read_gray(
             charset=charset,
             fields=fr.fields,
             skew_angle=fr.skew_angle,
-            warnings=fr.warnings,
+            warnings=notes + tuple(fr.warnings),
             timings={"load": load_s, **fr.timings, "total": time.perf_counter() - t0},
         )
     analysis = analyse_page(gray, clf)

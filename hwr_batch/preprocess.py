@@ -184,6 +184,32 @@ def ink_threshold(flat: U8) -> float:
     return min(_otsu(flat), ceiling)
 
 
+def is_negative(gray: U8) -> bool:
+    """True when a page is light ink on a dark ground (a negative scan, a white-on-black sheet).
+
+    gray: uint8 (H, W). Judged on a sample of the pixels (every step-th of every step-th row,
+    about NEGATIVE_SAMPLE_SIDE on the long side). A page whose median is mid-grey or lighter
+    is not a negative (one histogram: the cost on an ordinary page). Otherwise each sampled
+    pixel is compared with the median of its neighbourhood (NEGATIVE_WINDOW of the long side):
+    ink differs from its ground by at least MIN_INK_CONTRAST, darker on a page, lighter on a
+    negative. The page is a negative when at least NEGATIVE_MIN_INK of its pixels are such
+    light ink and they outnumber the dark ones NEGATIVE_RATIO to one. Being relative to the
+    local ground, this holds under uneven light; a page photographed dim, or a sheet of paper
+    on a dark desk, still has ink darker than its surroundings, so neither is inverted.
+    """
+    step = max(1, max(gray.shape) // defaults.NEGATIVE_SAMPLE_SIDE)
+    sample = np.ascontiguousarray(gray[::step, ::step])
+    if sample.size == 0 or median_u8(sample) >= 128:
+        return False
+    k = max(3, int(defaults.NEGATIVE_WINDOW * max(sample.shape)) | 1)
+    ground = np.asarray(cv2.medianBlur(sample, k), np.int16)
+    dev = sample.astype(np.int16) - ground
+    light = int(np.count_nonzero(dev >= defaults.MIN_INK_CONTRAST))
+    dark = int(np.count_nonzero(dev <= -defaults.MIN_INK_CONTRAST))
+    enough = light >= defaults.NEGATIVE_MIN_INK * sample.size
+    return enough and light > defaults.NEGATIVE_RATIO * dark
+
+
 def skew_angle(ink: BoolArr, max_deg: float = defaults.MAX_SKEW_DEG) -> tuple[float, bool]:
     """Skew of the text in a small binary page by projection profile.
 

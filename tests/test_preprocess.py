@@ -10,6 +10,7 @@ from hwr_batch import defaults
 from hwr_batch.preprocess import (
     binarize,
     ink_threshold,
+    is_negative,
     median_u8,
     percentile_u8,
     preprocess,
@@ -115,6 +116,25 @@ def test_all_black_page_is_reported_not_thresholded() -> None:
     assert not prep.ink.any()
     assert prep.binarization == "none"
     assert any("dark" in w for w in prep.warnings)
+
+
+def test_negative_pages_are_told_from_dark_ones() -> None:
+    """Light strokes on a dark ground are a negative, under uneven light too; black, noisy
+    black, an ordinary page, the same page photographed dim, and a sheet of paper on a dark
+    desk are not."""
+    ink = text_ink()
+    page = render(ink)
+    assert not is_negative(page)
+    assert is_negative(255 - page)
+    assert is_negative(np.where(ink, 255, 0).astype(np.uint8))
+    ramp = np.linspace(0.3, 1.0, page.shape[1])[None, :]
+    assert is_negative(((255 - page) * ramp).astype(np.uint8))
+    assert not is_negative((page * 0.35).astype(np.uint8))
+    assert not is_negative(np.zeros((600, 500), np.uint8))
+    assert not is_negative(RNG.integers(0, 25, (600, 500)).astype(np.uint8))
+    desk = np.full((2400, 2400), 30, np.uint8)
+    desk[400:1400, 700:1500] = cv2.resize(page, (800, 1000), interpolation=cv2.INTER_AREA)
+    assert not is_negative(desk)
 
 
 def test_ruled_line_removed_but_crossing_stroke_kept() -> None:
