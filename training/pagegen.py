@@ -459,15 +459,15 @@ def edit_distance(a: Sequence[str] | str, b: Sequence[str] | str) -> int:
         return len(a)
     prev = np.arange(len(b) + 1)
     bb = np.array([ord(c) for c in b])
+    steps = np.arange(len(b) + 1)
     for i, ca in enumerate(a, start=1):
         sub = prev[:-1] + (bb != ord(ca))
         cur = np.empty_like(prev)
         cur[0] = i
-        # Insertions depend on the current row's left neighbour: a running minimum.
         cur[1:] = np.minimum(prev[1:] + 1, sub)
-        for j in range(1, len(cur)):
-            if cur[j - 1] + 1 < cur[j]:
-                cur[j] = cur[j - 1] + 1
+        # Insertions chain along the row: cur[j] = min over k <= j of cur[k] + (j - k), a
+        # running minimum of cur - j shifted back by j.
+        cur = np.minimum.accumulate(cur - steps) + steps
         prev = cur
     return int(prev[-1])
 
