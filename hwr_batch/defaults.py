@@ -94,6 +94,13 @@ NEGATIVE_SAMPLE_SIDE = 600
 NEGATIVE_WINDOW = 0.05
 NEGATIVE_MIN_INK = 0.002
 NEGATIVE_RATIO = 3.0
+#: Pages scanned sideways or upside down (pipeline.turn_upright): a page whose characters'
+#: mean log confidence is under ORIENT_CHECK_BELOW has them classified again at each quarter
+#: turn, and is read again at a turn that reads them ORIENT_MARGIN better. Generated tuning
+#: pages read upright at -0.05 to -0.14 (digits to mixed), upside down at -0.30 to -0.50,
+#: sideways at -0.45 to -0.84.
+ORIENT_CHECK_BELOW = -0.25
+ORIENT_MARGIN = 0.1
 #: Ink must be at least this much darker (0-255) than the flattened paper: the contrast floor that
 #: keeps Otsu from splitting a blank, noisy page into "ink" and paper.
 MIN_INK_CONTRAST = 40

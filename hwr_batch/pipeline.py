@@ -1,10 +1,12 @@
 """The page reader: the list of stages, top to bottom.
 
-    load -> preprocess -> segment (with split-by-recognition) -> classify -> assemble
+    load -> (negative?) -> preprocess -> segment (with split-by-recognition) -> classify
+         -> (sideways or upside down?) -> assemble
 
 ``read_page`` reads one page (a file and page number, or a gray array) into a
 :class:`~hwr_batch.records.PageResult`; ``read_file`` yields one result per page of a file.
-Boxes in the result are pixels of the page as loaded (the deskew rotation is mapped back).
+Boxes in the result are pixels of the page as loaded (the deskew rotation, and a quarter or
+half turn of a page scanned sideways or upside down, are mapped back).
 """
 
 from __future__ import annotations
@@ -308,6 +310,69 @@ def analyse_page(
     return PageAnalysis(prep, seg, canvas, chars, timings, scale)
 
 
+#: What a page read after k quarter turns counter-clockwise was (see :func:`turn_upright`).
+_TURNED = {
+    1: "90 degrees counter-clockwise: the page was scanned sideways",
+    2: "180 degrees: the page was upside down",
+    3: "90 degrees clockwise: the page was scanned sideways",
+}
+
+
+def _mean_log_confidence(chars: Sequence[Char]) -> float:
+    return float(np.mean(np.log(np.maximum([c.confidence for c in chars], 1e-4))))
+
+
+def _unturn(box: BBox, turns: int, shape: tuple[int, int]) -> BBox:
+    """A box on ``np.rot90(page, turns)`` -> the same pixels' box on ``page`` of ``shape``."""
+    h, w = shape
+    if turns == 1:
+        return BBox(w - box.y - box.h, box.x, box.h, box.w)
+    if turns == 2:
+        return BBox(w - box.x - box.w, h - box.y - box.h, box.w, box.h)
+    if turns == 3:
+        return BBox(box.y, h - box.x - box.w, box.h, box.w)
+    return box
+
+
+def turn_upright(
+    gray: npt.NDArray[np.uint8], clf: Classifier, analysis: PageAnalysis
+) -> tuple[PageAnalysis, int]:
+    """The reading of a page scanned sideways or upside down, done the right way up.
+
+    gray: the page, uint8 (H, W); analysis: :func:`analyse_page` of it. A page read with a mean
+    log confidence of ORIENT_CHECK_BELOW or more is upright: it comes back as it is, at no
+    cost. Otherwise its characters' model inputs are classified again turned by one, two and
+    three quarter turns; if a turn reads them better by ORIENT_MARGIN (mean log confidence),
+    the whole page is read again turned that way, and that reading is kept if it is better by
+    the same margin. Returns (analysis, quarter turns counter-clockwise, 0-3); the kept
+    reading's character boxes are on ``gray``, its canvas boxes (reading order) on the turned
+    page.
+    """
+    if not analysis.chars or _mean_log_confidence(analysis.chars) >= defaults.ORIENT_CHECK_BELOW:
+        return analysis, 0
+    images = np.stack([c.image for c in analysis.seg.chars])
+    votes = [
+        float(np.mean(np.log(np.maximum(proba.max(axis=1), 1e-4))))
+        for proba in (
+            clf.predict_proba_fast(np.ascontiguousarray(np.rot90(images, k, axes=(1, 2))))
+            for k in range(4)
+        )
+    ]
+    turns = int(np.argmax(votes))
+    if turns == 0 or votes[turns] < votes[0] + defaults.ORIENT_MARGIN:
+        return analysis, 0
+    turned = analyse_page(np.ascontiguousarray(np.rot90(gray, turns)), clf)
+    if not turned.chars or _mean_log_confidence(turned.chars) < (
+        _mean_log_confidence(analysis.chars) + defaults.ORIENT_MARGIN
+    ):
+        return analysis, 0
+    shape = (int(gray.shape[0]), int(gray.shape[1]))
+    turned.chars = [
+        dataclasses.replace(c, bbox=_unturn(c.bbox, turns, shape)) for c in turned.chars
+    ]
+    return turned, turns
+
+
 def read_page(
     image: str | os.PathLike[str] | npt.NDArray[np.generic],
     charset: str = "digits",
@@ -371,11 +436,18 @@ def _read_gray(
         )
     analysis = analyse_page(gray, clf)
     t = time.perf_counter()
+    analysis, turns = turn_upright(gray, clf, analysis)
+    orient_s = time.perf_counter() - t
+    t = time.perf_counter()
     lines = assemble(analysis.canvas_boxes, analysis.chars, analysis.prep.text_height)
     timings = {"load": load_s, **analysis.timings, "assemble": time.perf_counter() - t}
+    if orient_s > 1e-3:
+        timings["orient"] = orient_s
     timings["total"] = time.perf_counter() - t0
 
     warnings = list(analysis.prep.warnings) + list(analysis.seg.warnings)
+    if turns:
+        warnings.insert(0, f"read turned {_TURNED[turns]}")
     if not analysis.chars and not any("dark" in w for w in warnings):
         warnings.append("no characters found")
     h, w = gray.shape

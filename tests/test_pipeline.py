@@ -13,8 +13,15 @@ from PIL import Image
 import hwr_batch
 from hwr_batch.classify import Classifier
 from hwr_batch.errors import BadArguments, UnreadableInput
-from hwr_batch.pipeline import analyse_page, analysis_scale, downscale, read_file, read_page
-from hwr_batch.records import PageResult
+from hwr_batch.pipeline import (
+    _unturn,
+    analyse_page,
+    analysis_scale,
+    downscale,
+    read_file,
+    read_page,
+)
+from hwr_batch.records import BBox, PageResult
 from training.pagegen import cer, edit_distance, generate_page, mnist_test, style
 
 
@@ -213,6 +220,47 @@ def test_end_to_end_generated_digit_page(shared_datasets: Path, digits: Classifi
         errors, total = errors + r.errors, total + r.total
     # The issue's bar is 1.5% over many pages (benchmarks/); two noisy pages get headroom.
     assert errors / total < 0.06
+
+
+def test_unturn_maps_boxes_back_exactly() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = (int(v) for v in rng.integers(5, 40, 2))
+        x, y = int(rng.integers(0, w - 1)), int(rng.integers(0, h - 1))
+        bw, bh = int(rng.integers(1, w - x + 1)), int(rng.integers(1, h - y + 1))
+        page = np.zeros((h, w), np.uint8)
+        page[y : y + bh, x : x + bw] = 1
+        for turns in range(4):
+            ys, xs = np.nonzero(np.rot90(page, turns))
+            on_turned = BBox(int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1)
+            assert _unturn(on_turned, turns, (h, w)) == BBox(x, y, bw, bh)
+
+
+def test_pages_scanned_sideways_or_upside_down_are_read_upright(
+    shared_datasets: Path, digits: Classifier
+) -> None:
+    """A page turned by a quarter, a half or three quarters reads as it does upright, with its
+    boxes on the page as given and a warning; an upright page pays nothing for the check."""
+    data = mnist_test(shared_datasets / "mnist")
+    gray, truth = generate_page(data, style("scan", n_chars=150), seed=11)
+    upright = read_page(gray, classifier=digits)
+    assert "orient" not in upright.timings
+    assert not any("turned" in w for w in upright.warnings)
+    h, w = gray.shape
+    first = upright.chars[0].bbox
+    # np.rot90 turns counter-clockwise; the reader turns the page back the other way.
+    for turns, back in ((1, "90 degrees clockwise"), (2, "180 degrees"), (3, "90 degrees counter")):
+        page = np.ascontiguousarray(np.rot90(gray, turns))
+        res = read_page(page, classifier=digits)
+        assert res.text == upright.text
+        assert res.warnings[0].startswith(f"read turned {back}")
+        # The first character's box, on the turned page where its pixels now are.
+        marks = np.zeros((h, w), np.uint8)
+        marks[first.y : first.y2, first.x : first.x2] = 1
+        ys, xs = np.nonzero(np.rot90(marks, turns))
+        box = res.chars[0].bbox
+        assert abs(box.x - xs.min()) <= 3 and abs(box.y - ys.min()) <= 3
+        assert abs(box.x2 - xs.max() - 1) <= 3 and abs(box.y2 - ys.max() - 1) <= 3
 
 
 def _drawn(text: str, seed: int) -> np.ndarray:
