@@ -101,6 +101,12 @@ NEGATIVE_RATIO = 3.0
 #: sideways at -0.45 to -0.84.
 ORIENT_CHECK_BELOW = -0.25
 ORIENT_MARGIN = 0.1
+#: Dark margins outside the sheet (preprocess.outside_the_sheet): regions darker than
+#: OUTSIDE_LEVEL of the paper level that reach the image's edge and cover OUTSIDE_MIN_AREA of
+#: it or run along OUTSIDE_MIN_EDGE of a side are painted paper before anything else.
+OUTSIDE_LEVEL = 0.5
+OUTSIDE_MIN_AREA = 0.005
+OUTSIDE_MIN_EDGE = 0.2
 #: Ink must be at least this much darker (0-255) than the flattened paper: the contrast floor that
 #: keeps Otsu from splitting a blank, noisy page into "ink" and paper.
 MIN_INK_CONTRAST = 40

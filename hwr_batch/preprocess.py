@@ -210,6 +210,41 @@ def is_negative(gray: U8) -> bool:
     return enough and light > defaults.NEGATIVE_RATIO * dark
 
 
+def outside_the_sheet(small: U8, paper: float) -> BoolArr | None:
+    """Pixels of a small page copy that lie outside the sheet of paper, or None if none do.
+
+    small: uint8 (h, w), a downscaled page; paper: its paper level. A scanner's lid left open,
+    a page smaller than the bed, a photo of a page on a desk: dark regions that reach the
+    image's edge. Such a region (under OUTSIDE_LEVEL of the paper level) counts when it covers
+    OUTSIDE_MIN_AREA of the image or runs along OUTSIDE_MIN_EDGE of one of its sides (ink
+    that touches the edge of a cropped scan is far smaller) and is flat: its 5th and 95th
+    percentiles within MIN_INK_CONTRAST (a corner of the sheet dimmed by uneven light still
+    holds ink far darker than its paper). The mask is grown by a pixel to
+    take the blurred rim along the sheet's edge. Left in, the margins' straight edges pull
+    the deskew angle to zero and their contrast tips binarisation to Sauvola.
+    """
+    h, w = small.shape
+    dark = (small < defaults.OUTSIDE_LEVEL * paper).view(np.uint8)
+    if not (dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any()):
+        return None
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+    x, y, bw, bh, area = (stats[1:, i] for i in range(5))
+    touches = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
+    edge_run = np.maximum(bw / w, bh / h)
+    big = (area >= defaults.OUTSIDE_MIN_AREA * h * w) | (edge_run >= defaults.OUTSIDE_MIN_EDGE)
+    # A margin is flat; a dim corner of the sheet itself still holds ink darker than it.
+    keep = [
+        k + 1
+        for k in np.flatnonzero(touches & big).tolist()
+        if percentile_u8(small[labels == k + 1], 95) - percentile_u8(small[labels == k + 1], 5)
+        < defaults.MIN_INK_CONTRAST
+    ]
+    if not keep:
+        return None
+    mask = np.isin(labels, keep).view(np.uint8)
+    return np.asarray(cv2.dilate(mask, np.ones((3, 3), np.uint8)), np.uint8).view(np.bool_)
+
+
 def skew_angle(ink: BoolArr, max_deg: float = defaults.MAX_SKEW_DEG) -> tuple[float, bool]:
     """Skew of the text in a small binary page by projection profile.
 
@@ -517,6 +552,14 @@ def preprocess(
             tuple(notes),
             {"preprocess": time.perf_counter() - t0},
         )
+
+    outside = outside_the_sheet(small, paper_level)
+    if outside is not None:
+        # A scanner's dark bed or a desk around the sheet: paper to everything below.
+        small = np.where(outside, np.uint8(paper_level), small)
+        full = cv2.resize(outside.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        gray = np.where(full.view(np.bool_), np.uint8(paper_level), gray)
+        notes.append("dark margins around the sheet ignored")
 
     bg_kernel = max(3, int(defaults.BACKGROUND_KERNEL_PX / px_scale / factor))
     bg_small = estimate_background(small, bg_kernel)

@@ -137,6 +137,32 @@ def test_negative_pages_are_told_from_dark_ones() -> None:
     assert not is_negative(desk)
 
 
+def test_dark_margins_around_the_sheet_are_ignored() -> None:
+    """A skewed sheet on a scanner's dark bed: the margins' straight edges neither pull the
+    deskew angle to zero nor count as ink."""
+    page = rotated(render(text_ink()), 3.0)
+    framed = np.full((page.shape[0] + 160, page.shape[1] + 160), 12, np.uint8)
+    framed[80:-80, 80:-80] = page
+    prep = preprocess(framed)
+    assert prep.angle == pytest.approx(-3.0, abs=0.35)
+    assert "dark margins around the sheet ignored" in prep.warnings
+    assert prep.binarization == "otsu"
+    assert prep.ink.sum() == pytest.approx(preprocess(page).ink.sum(), rel=0.03)
+    assert not any("margins" in w for w in preprocess(page).warnings)
+
+
+def test_a_dim_corner_of_the_sheet_is_not_a_margin() -> None:
+    """Light falling off to a third at the left edge leaves paper as dark as a margin there,
+    but with ink on it: it is read, not painted over."""
+    ink = text_ink()
+    ramp = np.linspace(0.3, 1.0, ink.shape[1])[None, :]
+    dim = (render(ink).astype(np.float64) * ramp).astype(np.uint8)
+    prep = preprocess(dim)
+    assert not any("margins" in w for w in prep.warnings)
+    left = slice(0, ink.shape[1] // 4)
+    assert prep.ink[:, left].sum() == pytest.approx(ink[:, left].sum(), rel=0.15)
+
+
 def test_ruled_line_removed_but_crossing_stroke_kept() -> None:
     ink = np.zeros((600, 1000), bool)
     ink[300:303, 20:980] = True  # a ruled line, 3 px thick
