@@ -101,6 +101,12 @@ NEGATIVE_RATIO = 3.0
 #: sideways at -0.45 to -0.84.
 ORIENT_CHECK_BELOW = -0.25
 ORIENT_MARGIN = 0.1
+#: Only characters whose boxes are ORIENT_MIN_ASPECT to 1 / ORIENT_MIN_ASPECT wide for their
+#: height vote on the turn (all of them if fewer than ORIENT_MIN_VOTERS are): the ruled lines
+#: of a page lying sideways break into hundreds of thin dashes whose readings say nothing.
+#: Without this, 3 of 108 turned tuning pages (ruled ones lying sideways) were not turned.
+ORIENT_MIN_ASPECT = 0.3
+ORIENT_MIN_VOTERS = 10
 #: Dark margins outside the sheet (preprocess.outside_the_sheet): regions darker than
 #: OUTSIDE_LEVEL of the paper level that reach the image's edge and cover OUTSIDE_MIN_AREA of
 #: it or run along OUTSIDE_MIN_EDGE of a side are painted paper before anything else.

@@ -341,8 +341,9 @@ def turn_upright(
 
     gray: the page, uint8 (H, W); analysis: :func:`analyse_page` of it. A page read with a mean
     log confidence of ORIENT_CHECK_BELOW or more is upright: it comes back as it is, at no
-    cost. Otherwise its characters' model inputs are classified again turned by one, two and
-    three quarter turns; if a turn reads them better by ORIENT_MARGIN (mean log confidence),
+    cost. Otherwise its characters' model inputs (those whose boxes are between
+    ORIENT_MIN_ASPECT and its inverse wide for their height) are classified again turned by one,
+    two and three quarter turns; if a turn reads them better by ORIENT_MARGIN (mean log confidence),
     the whole page is read again turned that way, and that reading is kept if it is better by
     the same margin. Returns (analysis, quarter turns counter-clockwise, 0-3); the kept
     reading's character boxes are on ``gray``, its canvas boxes (reading order) on the turned
@@ -350,7 +351,15 @@ def turn_upright(
     """
     if not analysis.chars or _mean_log_confidence(analysis.chars) >= defaults.ORIENT_CHECK_BELOW:
         return analysis, 0
-    images = np.stack([c.image for c in analysis.seg.chars])
+    # Votes from character-shaped boxes only: on a ruled page lying sideways the rules are
+    # vertical, escape line removal and break into hundreds of thin dashes.
+    boxes = np.array([c.bbox for c in analysis.seg.chars], np.float64)
+    aspect = boxes[:, 2] / np.maximum(boxes[:, 3], 1.0)
+    shaped = (aspect > defaults.ORIENT_MIN_ASPECT) & (aspect < 1.0 / defaults.ORIENT_MIN_ASPECT)
+    chars = [c for c, ok in zip(analysis.seg.chars, shaped.tolist(), strict=True) if ok]
+    if len(chars) < defaults.ORIENT_MIN_VOTERS:
+        chars = list(analysis.seg.chars)
+    images = np.stack([c.image for c in chars])
     votes = [
         float(np.mean(np.log(np.maximum(proba.max(axis=1), 1e-4))))
         for proba in (
