@@ -109,3 +109,25 @@ def test_benchmark_runs_on_two_tiny_pages(tmp_path: Path) -> None:
         assert "pages/s ratio" in done.stdout
     # Pages and outputs are removed unless --keep-pages.
     assert not (out / "pages").exists()
+
+
+@pytest.mark.skipif(
+    not (DATASETS / "mnist").is_dir(), reason=f"{DATASETS} not found: pages are drawn from it"
+)
+def test_conditions_benchmark_runs_on_a_tiny_page(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_conditions.py"), "--pages", "1"]
+    cmd += ["--size", "800x560", "--chars", "24", "--out", str(tmp_path)]
+    cmd += ["--conditions", "as-is,negative,black-frame"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "bench_conditions.json").read_text())["conditions"]
+    by_name = {r["condition"]: r for r in rows}
+    assert list(by_name) == ["as-is", "negative", "black-frame"]
+    assert by_name["as-is"]["truth_chars"] > 0
+    assert len({r["truth_chars"] for r in rows}) == 1  # the same page under each condition
+    # A negative reads as its positive does, and says so.
+    assert by_name["negative"]["errors"] == by_name["as-is"]["errors"]
+    assert by_name["negative"]["warnings"] == ["light ink on a dark ground"]
+    assert "dark margins around the sheet ignored" in by_name["black-frame"]["warnings"]
+    bad = subprocess.run(cmd[:2] + ["--conditions", "fog"], capture_output=True, check=False)
+    assert bad.returncode == 2
