@@ -34,10 +34,9 @@ if str(REPO) not in sys.path:  # run as a script from anywhere, the repo not pip
     sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_pages import (  # noqa: E402
-    A4_300DPI,
     CHARSET_OF_KIND,
     KINDS,
-    _size,
+    add_page_shape_args,
     generate_pages,
     tidy_text,
 )
@@ -192,16 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--conditions",
         default=",".join(CONDITIONS),
-        help=f"comma-separated, from: {', '.join(CONDITIONS)} (default: all)",
+        # argparse formats help with %: the names' percent signs are doubled.
+        help=f"comma-separated, from: {', '.join(CONDITIONS).replace('%', '%%')} (default: all)",
     )
-    p.add_argument(
-        "--size",
-        type=_size,
-        default=A4_300DPI,
-        metavar="WxH",
-        help="page size in pixels (default: 2480x3508, A4 at 300 dpi)",
-    )
-    p.add_argument("--chars", type=int, default=300, help="characters per page (default: 300)")
+    add_page_shape_args(p)
     p.add_argument("--out", type=Path, help="working folder (default: a new temporary folder)")
     p.add_argument(
         "--datasets",

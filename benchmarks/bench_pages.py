@@ -631,6 +631,18 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def add_page_shape_args(p: argparse.ArgumentParser) -> None:
+    """``--size WxH`` and ``--chars N``: the generated pages' size and characters a page."""
+    p.add_argument(
+        "--size",
+        type=_size,
+        default=A4_300DPI,
+        metavar="WxH",
+        help="page size in pixels (default: 2480x3508, A4 at 300 dpi)",
+    )
+    p.add_argument("--chars", type=int, default=300, help="characters per page (default: 300)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench_pages",
@@ -657,14 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="data folder with mnist/ (default: $HWR_DATASETS, else ../shared/datasets)",
     )
-    p.add_argument(
-        "--size",
-        type=_size,
-        default=A4_300DPI,
-        metavar="WxH",
-        help="page size in pixels (default: 2480x3508, A4 at 300 dpi)",
-    )
-    p.add_argument("--chars", type=int, default=300, help="characters per page (default: 300)")
+    add_page_shape_args(p)
     p.add_argument(
         "--stage-pages",
         type=int,

@@ -131,3 +131,5 @@ def test_conditions_benchmark_runs_on_a_tiny_page(tmp_path: Path) -> None:
     assert "dark margins around the sheet ignored" in by_name["black-frame"]["warnings"]
     bad = subprocess.run(cmd[:2] + ["--conditions", "fog"], capture_output=True, check=False)
     assert bad.returncode == 2
+    usage = subprocess.run(cmd[:2] + ["--help"], capture_output=True, text=True, check=False)
+    assert usage.returncode == 0 and "speckle-1%" in usage.stdout
