@@ -318,8 +318,13 @@ _TURNED = {
 }
 
 
+def _mean_log(confidences: npt.ArrayLike) -> float:
+    """Mean log of confidences (each floored at 1e-4): how surely a set of characters reads."""
+    return float(np.mean(np.log(np.maximum(confidences, 1e-4))))
+
+
 def _mean_log_confidence(chars: Sequence[Char]) -> float:
-    return float(np.mean(np.log(np.maximum([c.confidence for c in chars], 1e-4))))
+    return _mean_log([c.confidence for c in chars])
 
 
 def _unturn(box: BBox, turns: int, shape: tuple[int, int]) -> BBox:
@@ -361,7 +366,7 @@ def turn_upright(
         chars = list(analysis.seg.chars)
     images = np.stack([c.image for c in chars])
     votes = [
-        float(np.mean(np.log(np.maximum(proba.max(axis=1), 1e-4))))
+        _mean_log(proba.max(axis=1))
         for proba in (
             clf.predict_proba_fast(np.ascontiguousarray(np.rot90(images, k, axes=(1, 2))))
             for k in range(4)
