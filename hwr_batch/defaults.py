@@ -113,6 +113,10 @@ ORIENT_MIN_VOTERS = 10
 OUTSIDE_LEVEL = 0.5
 OUTSIDE_MIN_AREA = 0.005
 OUTSIDE_MIN_EDGE = 0.2
+#: ... and be at least this many pixels of the small copy thick (an opening): ruled lines and
+#: box borders running off the page are dark and flat too (the letters sample's rules were
+#: painted over before this).
+OUTSIDE_MIN_THICK = 5
 #: Ink must be at least this much darker (0-255) than the flattened paper: the contrast floor that
 #: keeps Otsu from splitting a blank, noisy page into "ink" and paper.
 MIN_INK_CONTRAST = 40

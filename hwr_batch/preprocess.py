@@ -215,18 +215,22 @@ def outside_the_sheet(small: U8, paper: float) -> BoolArr | None:
 
     small: uint8 (h, w), a downscaled page; paper: its paper level. A scanner's lid left open,
     a page smaller than the bed, a photo of a page on a desk: dark regions that reach the
-    image's edge. Such a region (under OUTSIDE_LEVEL of the paper level) counts when it covers
-    OUTSIDE_MIN_AREA of the image or runs along OUTSIDE_MIN_EDGE of one of its sides (ink
-    that touches the edge of a cropped scan is far smaller) and is flat: its 5th and 95th
-    percentiles within MIN_INK_CONTRAST (a corner of the sheet dimmed by uneven light still
-    holds ink far darker than its paper). The mask is grown by a pixel to
-    take the blurred rim along the sheet's edge. Left in, the margins' straight edges pull
-    the deskew angle to zero and their contrast tips binarisation to Sauvola.
+    image's edge. Such a region counts when it is under OUTSIDE_LEVEL of the paper level, at
+    least OUTSIDE_MIN_THICK pixels thick (ruled lines running off the page are not margins),
+    covers OUTSIDE_MIN_AREA of the image or runs along OUTSIDE_MIN_EDGE of one of its sides
+    (ink that touches the edge of a cropped scan is far smaller), and is flat: its 5th and
+    95th percentiles within MIN_INK_CONTRAST (a corner of the sheet dimmed by uneven light
+    still holds ink far darker than its paper). The mask is grown by a pixel to take the
+    blurred rim along the sheet's edge. Left in, the margins' straight edges pull the deskew
+    angle to zero and their contrast tips binarisation to Sauvola.
     """
     h, w = small.shape
     dark = (small < defaults.OUTSIDE_LEVEL * paper).view(np.uint8)
     if not (dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any()):
         return None
+    # Margins are thick; ruled lines and box borders that run to the edge are not.
+    k = defaults.OUTSIDE_MIN_THICK
+    dark = np.asarray(cv2.morphologyEx(dark, cv2.MORPH_OPEN, np.ones((k, k), np.uint8)), np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
     x, y, bw, bh, area = (stats[1:, i] for i in range(5))
     touches = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)

@@ -151,6 +151,16 @@ def test_dark_margins_around_the_sheet_are_ignored() -> None:
     assert not any("margins" in w for w in preprocess(page).warnings)
 
 
+def test_ruled_lines_running_off_the_page_are_not_margins() -> None:
+    """Dark rules drawn edge to edge are long, flat and dark like a margin, but thin."""
+    page = render(text_ink())
+    for y in range(60, page.shape[0], 90):
+        page[y : y + 3, :] = 80
+    prep = preprocess(page)
+    assert not any("margins" in w for w in prep.warnings)
+    assert prep.lines_removed.any()
+
+
 def test_a_dim_corner_of_the_sheet_is_not_a_margin() -> None:
     """Light falling off to a third at the left edge leaves paper as dark as a margin there,
     but with ink on it: it is read, not painted over."""
