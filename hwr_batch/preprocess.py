@@ -229,20 +229,19 @@ def outside_the_sheet(small: U8, paper: float) -> BoolArr | None:
     if not (dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any()):
         return None
     # Margins are thick; ruled lines and box borders that run to the edge are not.
-    k = defaults.OUTSIDE_MIN_THICK
-    dark = np.asarray(cv2.morphologyEx(dark, cv2.MORPH_OPEN, np.ones((k, k), np.uint8)), np.uint8)
+    thick = np.ones((defaults.OUTSIDE_MIN_THICK, defaults.OUTSIDE_MIN_THICK), np.uint8)
+    dark = np.asarray(cv2.morphologyEx(dark, cv2.MORPH_OPEN, thick), np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
     x, y, bw, bh, area = (stats[1:, i] for i in range(5))
     touches = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
     edge_run = np.maximum(bw / w, bh / h)
     big = (area >= defaults.OUTSIDE_MIN_AREA * h * w) | (edge_run >= defaults.OUTSIDE_MIN_EDGE)
     # A margin is flat; a dim corner of the sheet itself still holds ink darker than it.
-    keep = [
-        k + 1
-        for k in np.flatnonzero(touches & big).tolist()
-        if percentile_u8(small[labels == k + 1], 95) - percentile_u8(small[labels == k + 1], 5)
-        < defaults.MIN_INK_CONTRAST
-    ]
+    keep = []
+    for label in (np.flatnonzero(touches & big) + 1).tolist():
+        levels = small[labels == label]
+        if percentile_u8(levels, 95) - percentile_u8(levels, 5) < defaults.MIN_INK_CONTRAST:
+            keep.append(label)
     if not keep:
         return None
     mask = np.isin(labels, keep).view(np.uint8)

@@ -130,7 +130,7 @@ def pairs_within(
     fits = (uw <= max_w) & (uh <= max_h)
     ii, jj = ii[fits], jj[fits]
     rows = np.lexsort((jj, ii))
-    return ii[rows].astype(np.intp), jj[rows].astype(np.intp)
+    return ii[rows], jj[rows]
 
 
 def merge_fragments(stats: npt.NDArray[np.int32], text_h: float) -> list[list[int]]:
